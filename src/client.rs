@@ -1,0 +1,232 @@
+//! Who the client is: the TCP peer, or, behind a trusted proxy, the address
+//! the proxy chain reports.
+//!
+//! `X-Forwarded-For` (or, when it is absent, RFC 7239 `Forwarded: for=`) is
+//! walked from the right, skipping trusted proxies; the first other address
+//! is the client. Entries to its left were written by the client itself and
+//! are never believed. A malformed header is ignored: the peer is used.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::header::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+
+static FORWARDED: HeaderName = hyper::header::FORWARDED;
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client's address for a request from `peer`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let from_xff = walk(headers, &X_FORWARDED_FOR, trusted, parse_xff_entry);
+    let found = match from_xff {
+        Walk::Absent => walk(headers, &FORWARDED, trusted, parse_forwarded_element),
+        other => other,
+    };
+    match found {
+        Walk::Client(ip) => ip,
+        Walk::Absent | Walk::Malformed => peer,
+    }
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+enum Walk {
+    Absent,
+    Malformed,
+    Client(IpAddr),
+}
+
+/// Walks every value of `name`, right to left across all its header lines,
+/// without allocating.
+fn walk(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    trusted: &[IpNet],
+    parse: fn(&str) -> Option<IpAddr>,
+) -> Walk {
+    let mut values = headers.get_all(name).iter().rev().peekable();
+    if values.peek().is_none() {
+        return Walk::Absent;
+    }
+    let mut leftmost = None;
+    for value in values {
+        let Ok(value) = value.to_str() else {
+            return Walk::Malformed;
+        };
+        for entry in value.rsplit(',') {
+            let Some(ip) = parse(entry.trim()).map(|ip| ip.to_canonical()) else {
+                return Walk::Malformed;
+            };
+            if !is_trusted(ip, trusted) {
+                return Walk::Client(ip);
+            }
+            leftmost = Some(ip);
+        }
+    }
+    // Every hop is a trusted proxy: the first of them is the client.
+    leftmost.map_or(Walk::Malformed, Walk::Client)
+}
+
+/// An address, optionally with a port (`192.0.2.1`, `192.0.2.1:80`,
+/// `2001:db8::1`, `[2001:db8::1]:80`).
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
+fn parse_xff_entry(s: &str) -> Option<IpAddr> {
+    parse_addr(s)
+}
+
+/// The `for=` of one `Forwarded` element, e.g. `for="[2001:db8::1]:80";proto=https`.
+/// An element without `for=`, or with `unknown` or an obfuscated identifier,
+/// names no address and counts as malformed.
+fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        parse_addr(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn trusted() -> Vec<IpNet> {
+        vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ]
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn table() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            // Untrusted peers are never overridden.
+            (
+                "198.51.100.7",
+                &[("x-forwarded-for", "203.0.113.9")],
+                "198.51.100.7",
+            ),
+            // Trusted peer: rightmost untrusted entry.
+            (
+                "127.0.0.1",
+                &[("x-forwarded-for", "1.1.1.1, 203.0.113.9")],
+                "203.0.113.9",
+            ),
+            (
+                "127.0.0.1",
+                &[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.1.2.3")],
+                "203.0.113.9",
+            ),
+            (
+                "127.0.0.1",
+                &[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-forwarded-for", "10.0.0.1"),
+                ],
+                "1.1.1.1",
+            ),
+            ("::1", &[("x-forwarded-for", "2001:db8::5")], "2001:db8::5"),
+            (
+                "::ffff:127.0.0.1",
+                &[("x-forwarded-for", "[2001:db8::5]:4711")],
+                "2001:db8::5",
+            ),
+            (
+                "127.0.0.1",
+                &[("x-forwarded-for", "::ffff:192.0.2.1")],
+                "192.0.2.1",
+            ),
+            (
+                "127.0.0.1",
+                &[("x-forwarded-for", "192.0.2.1:8080")],
+                "192.0.2.1",
+            ),
+            // Malformed: the peer.
+            (
+                "127.0.0.1",
+                &[("x-forwarded-for", "1.1.1.1, not-an-ip")],
+                "127.0.0.1",
+            ),
+            ("127.0.0.1", &[("x-forwarded-for", "")], "127.0.0.1"),
+            // All trusted: the leftmost.
+            (
+                "127.0.0.1",
+                &[("x-forwarded-for", "10.0.0.2, 10.0.0.1")],
+                "10.0.0.2",
+            ),
+            // Forwarded, when there is no X-Forwarded-For.
+            (
+                "127.0.0.1",
+                &[("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43")],
+                "192.0.2.60",
+            ),
+            (
+                "127.0.0.1",
+                &[("forwarded", "for=1.1.1.1, For=\"[2001:db8:cafe::17]:4711\"")],
+                "2001:db8:cafe::17",
+            ),
+            ("127.0.0.1", &[("forwarded", "for=unknown")], "127.0.0.1"),
+            ("127.0.0.1", &[("forwarded", "proto=https")], "127.0.0.1"),
+            // X-Forwarded-For wins over Forwarded.
+            (
+                "127.0.0.1",
+                &[("forwarded", "for=1.1.1.1"), ("x-forwarded-for", "2.2.2.2")],
+                "2.2.2.2",
+            ),
+            // No header: the peer.
+            ("127.0.0.1", &[], "127.0.0.1"),
+        ];
+        for (peer, headers, want) in cases {
+            assert_eq!(
+                client_ip(ip(peer), &with(headers), &trusted()),
+                ip(want),
+                "{peer} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_ascii_header_is_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"1.1.1.1\xff").unwrap(),
+        );
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted()), ip("127.0.0.1"));
+    }
+}

@@ -1,0 +1,107 @@
+//! The operator's subcommands besides `serve`: `check` and `locate`.
+//! Each writes a report to any `io::Write`, so tests read what operators see.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::config::{Config, ConfigError};
+use crate::geoip::{GeoDb, GeoIpError};
+use crate::select::{Client, explain};
+use crate::table::Table;
+
+/// Why a subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    GeoIp(#[from] GeoIpError),
+    #[error("{0:?} is not an IP address")]
+    BadAddress(String),
+    #[error("writing the report: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Loads the config and the database, and prints a summary.
+pub fn check(config: &Config, out: &mut impl Write) -> Result<(), CommandError> {
+    let geo = GeoDb::open(&config.geoip)?;
+    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    writeln!(out, "config:    {}", config.path.display())?;
+    writeln!(out, "listen:    {}", listen.join(", "))?;
+    writeln!(out, "origin:    {}", config.origin)?;
+    writeln!(out, "releases:  {}", config.releases.join(", "))?;
+    writeln!(
+        out,
+        "geoip:     {} ({}, built {})",
+        geo.path().display(),
+        geo.database_type(),
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(geo.build_epoch()))
+    )?;
+    writeln!(
+        out,
+        "probe:     every {:?}, timeout {:?}",
+        config.probe.interval, config.probe.timeout
+    )?;
+    writeln!(out, "mirrors:   {}", config.mirrors.len())?;
+    for m in &config.mirrors {
+        let countries = m
+            .countries
+            .as_ref()
+            .map(|cs| cs.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","))
+            .unwrap_or_else(|| "all".into());
+        writeln!(
+            out,
+            "  {:<16} {}  at {:.2},{:.2}  weight {}  countries {}  ipv6 {}",
+            m.name, m.url, m.coord.lat, m.coord.lon, m.weight, countries, m.ipv6
+        )?;
+    }
+    writeln!(out, "ok")?;
+    Ok(())
+}
+
+/// For each address: what the database says, and every mirror in the order
+/// selection considers it.
+pub fn locate(
+    config: &Config,
+    table: &Table,
+    ips: &[String],
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    let geo = GeoDb::open(&config.geoip)?;
+    let ips = ips
+        .iter()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| CommandError::BadAddress(s.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for ip in ips {
+        let loc = geo.lookup(ip);
+        let country = loc.country.map_or("unknown".to_string(), |c| c.to_string());
+        let coord = loc.coord.map_or("unknown".to_string(), |c| {
+            format!("{:.2},{:.2}", c.lat, c.lon)
+        });
+        writeln!(out, "{ip}: country {country}, at {coord} ({})", loc.source)?;
+        let client = Client::new(ip, &loc);
+        let considered = explain(table, &client, &config.selection);
+        if considered.is_empty() {
+            writeln!(out, "  no mirrors configured: origin {}", config.origin)?;
+        }
+        for c in considered {
+            let m = table.get(c.id);
+            let dist = c
+                .distance_km
+                .map_or("?".to_string(), |d| format!("{d:.0} km"));
+            writeln!(
+                out,
+                "  {:<16} {:>9}  {}  [{}: {}]",
+                m.name, dist, c.verdict, m.status.health, m.status.reason
+            )?;
+        }
+        if crate::select::select(table, &client, &config.selection).is_none() {
+            writeln!(out, "  -> origin {}", config.origin)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Where a client is: GeoIP lookups in a MaxMind DB (`.mmdb`) file.
+//!
+//! Reads both record schemas in use: MaxMind's and DB-IP's nested one
+//! (`country.iso_code`, `location.latitude`) and ip-location-db's flat one
+//! (`country_code`, `latitude`). When a record has no coordinates, the
+//! country's centroid stands in. Knows nothing of HTTP.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use maxminddb::Reader;
+use serde::Deserialize;
+
+use crate::geo::{self, Coord, Country};
+
+/// An open database, held in memory.
+pub struct GeoDb {
+    reader: Reader<Vec<u8>>,
+    path: PathBuf,
+}
+
+/// Why a database could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("geoip database {}: {source}", path.display())]
+pub struct GeoIpError {
+    path: PathBuf,
+    #[source]
+    source: maxminddb::MaxMindDbError,
+}
+
+/// What the database says about one address.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Location {
+    pub country: Option<Country>,
+    pub coord: Option<Coord>,
+    pub source: Source,
+}
+
+/// Where a location's coordinates came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The record's own latitude and longitude.
+    Record,
+    /// The centroid of the record's country.
+    CountryCentroid,
+    /// Nothing usable: no record, or neither coordinates nor a known country.
+    Unknown,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Record => "city record",
+            Source::CountryCentroid => "country centroid",
+            Source::Unknown => "unknown",
+        })
+    }
+}
+
+impl Location {
+    pub const UNKNOWN: Location = Location {
+        country: None,
+        coord: None,
+        source: Source::Unknown,
+    };
+}
+
+/// Both schemas in one shape; fields absent from a record stay `None`.
+/// Strings are borrowed from the database: no allocation per lookup.
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    country: Option<NestedCountry<'a>>,
+    /// GeoLite2 records for anycast or EU-wide networks have no `country`.
+    #[serde(borrow)]
+    registered_country: Option<NestedCountry<'a>>,
+    location: Option<NestedLocation>,
+    country_code: Option<&'a str>,
+    latitude: Option<Number>,
+    longitude: Option<Number>,
+}
+
+#[derive(Deserialize)]
+struct NestedCountry<'a> {
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct NestedLocation {
+    latitude: Option<Number>,
+    longitude: Option<Number>,
+}
+
+/// A coordinate stored as a double, a 32-bit float or an integer: the
+/// decoder is strict about types and the flat schema stores `float`.
+struct Number(f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(v))
+            }
+            fn visit_f32<E>(self, v: f32) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl GeoDb {
+    /// Opens and checks a database file.
+    pub fn open(path: &Path) -> Result<GeoDb, GeoIpError> {
+        let err = |source| GeoIpError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let reader = Reader::open_readfile(path).map_err(err)?;
+        Ok(GeoDb {
+            reader,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens a database held in memory (tests, generated databases).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, GeoIpError> {
+        let reader = Reader::from_source(bytes).map_err(|source| GeoIpError {
+            path: PathBuf::from("<memory>"),
+            source,
+        })?;
+        Ok(GeoDb {
+            reader,
+            path: PathBuf::from("<memory>"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database's type, e.g. "GeoLite2-City".
+    pub fn database_type(&self) -> &str {
+        &self.reader.metadata().database_type
+    }
+
+    /// When the database was built, seconds since the UNIX epoch.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    /// Where `ip` is. A lookup failure (a corrupt record, an IPv6 address in
+    /// an IPv4-only database) means an unknown location, never an error: the
+    /// client is still served, just not by proximity.
+    pub fn lookup(&self, ip: IpAddr) -> Location {
+        let ip = ip.to_canonical();
+        let Ok(found) = self.reader.lookup(ip) else {
+            return Location::UNKNOWN;
+        };
+        match found.decode::<Record>() {
+            Ok(Some(r)) => r.location(),
+            _ => Location::UNKNOWN,
+        }
+    }
+}
+
+impl Record<'_> {
+    fn location(&self) -> Location {
+        let code = self
+            .country
+            .as_ref()
+            .and_then(|c| c.iso_code)
+            .or(self.country_code)
+            .or(self.registered_country.as_ref().and_then(|c| c.iso_code));
+        let country = code.and_then(geo::country_from_record);
+        let (lat, lon) = match &self.location {
+            Some(l) => (l.latitude.as_ref(), l.longitude.as_ref()),
+            None => (self.latitude.as_ref(), self.longitude.as_ref()),
+        };
+        if let Some(coord) = lat.zip(lon).and_then(|(a, o)| Coord::new(a.0, o.0)) {
+            return Location {
+                country,
+                coord: Some(coord),
+                source: Source::Record,
+            };
+        }
+        match country.and_then(Country::centroid) {
+            Some(coord) => Location {
+                country,
+                coord: Some(coord),
+                source: Source::CountryCentroid,
+            },
+            None => Location {
+                country,
+                coord: None,
+                source: Source::Unknown,
+            },
+        }
+    }
+}

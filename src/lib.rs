@@ -1,0 +1,33 @@
+//! distri-redirector sends each package fetch of distri's package manager to
+//! the nearest mirror that is healthy and holds every current release, with
+//! a `302 Found`, or to the origin when no mirror qualifies.
+//!
+//! # Layout
+//!
+//! - [`config`]: `mirrors.toml`, parsed and validated once, with file, line
+//!   and key in every error.
+//! - [`geo`]: countries, coordinates, distances, the shipped centroid table.
+//! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas).
+//! - [`table`]: the immutable mirror table, published with `arc-swap`.
+//! - [`select`]: which mirror serves a client; a pure function.
+//! - [`path`]: request paths to one canonical form, or a refusal.
+//! - [`client`]: the client's address, behind trusted proxies.
+//! - [`frontend`]: request to outcome to response, in one place.
+//! - [`server`]: accept, connection limits, graceful shutdown.
+//! - [`app`]: wiring from a config to a running service.
+//! - [`commands`]: the `check` and `locate` subcommands.
+//!
+//! The request path is `server` → `frontend` → (`path`, `client`, `geoip`,
+//! `select` over a loaded `table`): no lock, no I/O, no waiting on probes.
+
+pub mod app;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod frontend;
+pub mod geo;
+pub mod geoip;
+pub mod path;
+pub mod select;
+pub mod server;
+pub mod table;

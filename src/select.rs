@@ -1,0 +1,379 @@
+//! Selection: which mirror serves a client. A pure function of the table,
+//! the client's place and network, and the band settings: no I/O, no clock,
+//! no global randomness, no allocation.
+//!
+//! 1. Candidates are eligible mirrors that serve the client's country.
+//!    IPv6 clients look at IPv6-capable mirrors first, and at all only when
+//!    none of those is a candidate.
+//! 2. With a known location, the band is every candidate whose distance is at
+//!    most `max(nearest * band_ratio, nearest + band_km)`; without one, every
+//!    candidate.
+//! 3. Within the band, weighted rendezvous hashing on the client's network
+//!    (IPv4 /24, IPv6 /48) picks one: the same network gets the same mirror
+//!    while the table does not change, and networks spread in proportion to
+//!    weight.
+
+use std::net::IpAddr;
+
+use crate::config::Selection;
+use crate::geo::{Coord, Country};
+use crate::geoip::Location;
+use crate::table::{Mirror, MirrorId, Table, mix};
+
+/// What selection knows of a client.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Client {
+    pub coord: Option<Coord>,
+    pub country: Option<Country>,
+    pub ipv6: bool,
+    /// The client's network, the unit of stickiness.
+    pub network: u64,
+}
+
+impl Client {
+    pub fn new(ip: IpAddr, location: &Location) -> Client {
+        let ip = ip.to_canonical();
+        Client {
+            coord: location.coord,
+            country: location.country,
+            ipv6: ip.is_ipv6(),
+            network: network_key(ip),
+        }
+    }
+}
+
+/// The /24 or /48 an address is in, tagged by family.
+pub fn network_key(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => (4 << 60) | (u32::from(a) >> 8) as u64,
+        IpAddr::V6(a) => (6 << 60) | (u128::from(a) >> 80) as u64,
+    }
+}
+
+/// Why a mirror is not a candidate for a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusion {
+    NotEligible,
+    Country,
+    /// An IPv4-only mirror, passed over because IPv6-capable ones qualify.
+    Ipv4Only,
+}
+
+fn admits(m: &Mirror, client: &Client, need_v6: bool) -> Result<(), Exclusion> {
+    if !m.status.eligible {
+        Err(Exclusion::NotEligible)
+    } else if !m.serves_country(client.country) {
+        Err(Exclusion::Country)
+    } else if need_v6 && !m.ipv6 {
+        Err(Exclusion::Ipv4Only)
+    } else {
+        Ok(())
+    }
+}
+
+/// The mirror for this client, or `None` to send it to the origin.
+pub fn select(table: &Table, client: &Client, band: &Selection) -> Option<MirrorId> {
+    if client.ipv6 {
+        if let Some(id) = pick(table, client, band, true) {
+            return Some(id);
+        }
+    }
+    pick(table, client, band, false)
+}
+
+fn pick(table: &Table, client: &Client, band: &Selection, need_v6: bool) -> Option<MirrorId> {
+    let candidates = table
+        .eligible()
+        .iter()
+        .copied()
+        .filter(|&id| admits(table.get(id), client, need_v6).is_ok());
+    let limit = match client.coord {
+        Some(at) => {
+            let nearest = candidates
+                .clone()
+                .map(|id| at.distance_km(table.get(id).coord))
+                .min_by(f64::total_cmp)?;
+            band_limit(nearest, band)
+        }
+        None => f64::INFINITY,
+    };
+    candidates
+        .filter(|&id| {
+            client
+                .coord
+                .is_none_or(|at| at.distance_km(table.get(id).coord) <= limit)
+        })
+        .map(|id| (id, score(table.get(id), client.network)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(id, _)| id)
+}
+
+/// The farthest distance still in the band of a nearest candidate.
+pub fn band_limit(nearest_km: f64, band: &Selection) -> f64 {
+    (nearest_km * band.band_ratio).max(nearest_km + band.band_km)
+}
+
+/// Weighted rendezvous score: the highest wins. With `u` uniform in (0, 1),
+/// `weight / -ln(u)` makes each mirror win in proportion to its weight.
+fn score(m: &Mirror, network: u64) -> f64 {
+    let h = mix(mix(network) ^ m.seed);
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    m.weight / -u.ln()
+}
+
+/// How selection treated one mirror, for `locate` and the operators.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Considered {
+    pub id: MirrorId,
+    pub distance_km: Option<f64>,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Chosen,
+    /// In the band: other networks of this area may get it.
+    InBand,
+    OutsideBand,
+    Excluded(Exclusion),
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Chosen => "chosen",
+            Verdict::InBand => "in band (other networks nearby may get it)",
+            Verdict::OutsideBand => "outside the band of the nearest",
+            Verdict::Excluded(Exclusion::NotEligible) => "excluded: not eligible",
+            Verdict::Excluded(Exclusion::Country) => "excluded: does not serve this country",
+            Verdict::Excluded(Exclusion::Ipv4Only) => "excluded: IPv4-only, IPv6 mirrors qualify",
+        })
+    }
+}
+
+/// Every mirror, nearest first, with what selection made of it. Not for the
+/// request path: it allocates.
+pub fn explain(table: &Table, client: &Client, band: &Selection) -> Vec<Considered> {
+    let chosen = select(table, client, band);
+    let need_v6 = client.ipv6
+        && (0..table.mirrors().len()).any(|id| admits(table.get(id), client, true).is_ok());
+    let dist = |id: MirrorId| client.coord.map(|at| at.distance_km(table.get(id).coord));
+    let nearest = (0..table.mirrors().len())
+        .filter(|&id| admits(table.get(id), client, need_v6).is_ok())
+        .filter_map(dist)
+        .min_by(f64::total_cmp);
+    let mut out: Vec<Considered> = (0..table.mirrors().len())
+        .map(|id| {
+            let distance_km = dist(id);
+            let verdict = match admits(table.get(id), client, need_v6) {
+                Err(e) => Verdict::Excluded(e),
+                Ok(()) if Some(id) == chosen => Verdict::Chosen,
+                Ok(()) => match (distance_km, nearest) {
+                    (Some(d), Some(n)) if d > band_limit(n, band) => Verdict::OutsideBand,
+                    _ => Verdict::InBand,
+                },
+            };
+            Considered {
+                id,
+                distance_km,
+                verdict,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.distance_km
+            .unwrap_or(0.0)
+            .total_cmp(&b.distance_km.unwrap_or(0.0))
+            .then(a.id.cmp(&b.id))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Status;
+
+    fn mirror(name: &str, lat: f64, lon: f64) -> crate::config::Mirror {
+        crate::config::Mirror {
+            name: name.into(),
+            url: format!("http://{name}.example.org/"),
+            coord: Coord::new(lat, lon).unwrap(),
+            weight: 1.0,
+            countries: None,
+            ipv6: true,
+        }
+    }
+
+    fn table(ms: Vec<crate::config::Mirror>) -> Table {
+        Table::from_config(&ms, Status::assumed_up())
+    }
+
+    fn at(lat: f64, lon: f64, net: u64) -> Client {
+        Client {
+            coord: Coord::new(lat, lon),
+            country: None,
+            ipv6: false,
+            network: net,
+        }
+    }
+
+    fn world() -> Vec<crate::config::Mirror> {
+        vec![
+            mirror("de-fra", 50.11, 8.68),
+            mirror("us-nyc", 40.71, -74.01),
+            mirror("jp-tyo", 35.68, 139.69),
+            mirror("br-sao", -23.55, -46.63),
+        ]
+    }
+
+    #[test]
+    fn nearest_wins_when_alone_in_band() {
+        let t = table(world());
+        let b = Selection::default();
+        let cases = [
+            ((48.85, 2.35), 0),
+            ((41.88, -87.63), 1),
+            ((37.57, 126.98), 2),
+            ((-34.6, -58.4), 3),
+        ];
+        for ((lat, lon), want) in cases {
+            for net in 0..50 {
+                assert_eq!(
+                    select(&t, &at(lat, lon, net), &b),
+                    Some(want),
+                    "{lat},{lon}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_eligible_means_origin() {
+        let t = Table::from_config(&world(), Status::unprobed());
+        assert_eq!(select(&t, &at(50.0, 8.0, 1), &Selection::default()), None);
+        assert_eq!(
+            select(&Table::default(), &at(50.0, 8.0, 1), &Selection::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn band_spreads_by_weight_and_sticks() {
+        let mut ms = vec![
+            mirror("a", 50.0, 8.0),
+            mirror("b", 50.5, 8.5),
+            mirror("far", 40.0, -74.0),
+        ];
+        ms[1].weight = 3.0;
+        let t = table(ms);
+        let b = Selection::default();
+        let mut counts = [0usize; 3];
+        for net in 0..20_000u64 {
+            let c = at(50.2, 8.2, net * 7919);
+            let id = select(&t, &c, &b).unwrap();
+            assert_eq!(select(&t, &c, &b), Some(id), "sticky");
+            counts[id] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let share_b = counts[1] as f64 / 20_000.0;
+        assert!((0.72..0.78).contains(&share_b), "{counts:?}");
+    }
+
+    #[test]
+    fn band_is_the_wider_of_ratio_and_km() {
+        let b = Selection::default();
+        assert_eq!(band_limit(100.0, &b), 400.0);
+        assert_eq!(band_limit(2000.0, &b), 2500.0);
+    }
+
+    #[test]
+    fn countries_restrict() {
+        let mut ms = world();
+        ms[0].countries = Some(vec![Country::parse("DE").unwrap()]);
+        let t = table(ms);
+        let mut c = at(48.85, 2.35, 1);
+        c.country = Country::parse("FR");
+        assert_eq!(
+            select(&t, &c, &Selection::default()),
+            Some(1),
+            "FR is not served by de-fra"
+        );
+        c.country = Country::parse("DE");
+        assert_eq!(select(&t, &c, &Selection::default()), Some(0));
+        c.country = None;
+        assert_eq!(
+            select(&t, &c, &Selection::default()),
+            Some(1),
+            "unknown country: unrestricted only"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_prefer_ipv6_mirrors() {
+        let mut ms = world();
+        ms[0].ipv6 = false;
+        let t = table(ms);
+        let mut c = at(48.85, 2.35, 1);
+        assert_eq!(select(&t, &c, &Selection::default()), Some(0));
+        c.ipv6 = true;
+        assert_eq!(select(&t, &c, &Selection::default()), Some(1));
+        let only_v4 = table(vec![{
+            let mut m = mirror("v4", 50.0, 8.0);
+            m.ipv6 = false;
+            m
+        }]);
+        assert_eq!(
+            select(&only_v4, &c, &Selection::default()),
+            Some(0),
+            "better than the origin"
+        );
+    }
+
+    #[test]
+    fn unknown_location_spreads_over_all() {
+        let t = table(world());
+        let mut seen = [false; 4];
+        for net in 0..1000 {
+            let c = Client {
+                coord: None,
+                country: None,
+                ipv6: false,
+                network: net,
+            };
+            seen[select(&t, &c, &Selection::default()).unwrap()] = true;
+        }
+        assert_eq!(seen, [true; 4]);
+    }
+
+    #[test]
+    fn network_keys_group_by_prefix() {
+        let k = |s: &str| network_key(s.parse().unwrap());
+        assert_eq!(k("192.0.2.1"), k("192.0.2.254"));
+        assert_ne!(k("192.0.2.1"), k("192.0.3.1"));
+        assert_eq!(k("::ffff:192.0.2.1"), k("192.0.2.7"));
+        assert_eq!(k("2001:db8:1::1"), k("2001:db8:1:ffff::2"));
+        assert_ne!(k("2001:db8:1::1"), k("2001:db8:2::1"));
+    }
+
+    #[test]
+    fn explain_orders_and_agrees_with_select() {
+        let mut ms = world();
+        ms[2].countries = Some(vec![Country::parse("JP").unwrap()]);
+        let t = table(ms);
+        let c = at(48.85, 2.35, 5);
+        let e = explain(&t, &c, &Selection::default());
+        assert_eq!(e.len(), 4);
+        assert_eq!(e[0].id, 0);
+        assert_eq!(e[0].verdict, Verdict::Chosen);
+        assert!(e.windows(2).all(|w| w[0].distance_km <= w[1].distance_km));
+        assert_eq!(
+            e.iter().find(|x| x.id == 2).unwrap().verdict,
+            Verdict::Excluded(Exclusion::Country)
+        );
+        assert_eq!(
+            e.iter().find(|x| x.id == 1).unwrap().verdict,
+            Verdict::OutsideBand
+        );
+    }
+}
