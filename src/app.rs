@@ -1,5 +1,5 @@
 //! Wiring: from a validated config to a running service (GeoIP database,
-//! mirror table, server), and a handle to stop it. Used by `main`, the
+//! mirror table, prober, server), and a handle to stop it. Used by `main`, the
 //! demo and the black-box tests alike.
 
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::geoip::{GeoDb, GeoIpError};
+use crate::probe::{self, Prober};
 use crate::server;
 use crate::table::{SharedTable, Status, Table};
 
@@ -28,6 +29,7 @@ pub struct Running {
     /// The bound addresses (port 0 in the config becomes a real port here).
     pub addrs: Vec<SocketAddr>,
     pub table: SharedTable,
+    _prober: Prober,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -54,13 +56,15 @@ impl Running {
 /// Opens the database, binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let geo = Arc::new(GeoDb::open(&config.geoip)?);
-    let table = Table::from_config(&config.mirrors, Status::assumed_up()).share();
+    // Until the first round verifies a mirror, everything goes to the origin.
+    let table = Table::from_config(&config.mirrors, Status::unprobed()).share();
     let listeners = server::bind(&config.listen).await?;
     let addrs = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let frontend = Arc::new(Frontend::new(config, table.clone(), geo));
+    let prober = probe::spawn(config, table.clone());
     let (stop, stopped) = oneshot::channel();
     let limits = config.server;
     let task = tokio::spawn(async move {
@@ -72,6 +76,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     Ok(Running {
         addrs,
         table,
+        _prober: prober,
         stop,
         task,
     })

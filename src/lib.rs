@@ -9,12 +9,16 @@
 //! - [`geo`]: countries, coordinates, distances, the shipped centroid table.
 //! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas).
 //! - [`table`]: the immutable mirror table, published with `arc-swap`.
+//! - [`probe`]: background checks of the origin and every mirror; the only
+//!   writer of the table.
+//! - [`meta`]: distri's `meta.binaryproto` index (protobuf).
 //! - [`select`]: which mirror serves a client; a pure function.
 //! - [`path`]: request paths to one canonical form, or a refusal.
 //! - [`client`]: the client's address, behind trusted proxies.
 //! - [`frontend`]: request to outcome to response, in one place.
 //! - [`server`]: accept, connection limits, graceful shutdown.
 //! - [`app`]: wiring from a config to a running service.
+//! - [`minitree`]: miniature distri trees served on loopback (demo, tests).
 //! - [`commands`]: the `check` and `locate` subcommands.
 //!
 //! The request path is `server` → `frontend` → (`path`, `client`, `geoip`,
@@ -27,7 +31,10 @@ pub mod config;
 pub mod frontend;
 pub mod geo;
 pub mod geoip;
+pub mod meta;
+pub mod minitree;
 pub mod path;
+pub mod probe;
 pub mod select;
 pub mod server;
 pub mod table;

@@ -1,0 +1,371 @@
+//! Shared by the black-box tests: generated GeoIP databases, loopback
+//! mirrors serving miniature trees, the real service on port 0, and a raw
+//! HTTP/1.1 client that sends paths exactly as written.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use distri_redirector::app::{self, Running};
+use distri_redirector::config::Config;
+use distri_redirector::minitree::{MiniServer, Tree};
+use ipnet::IpNet;
+use mmdb_writer::Writer;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const RELEASES: [&str; 2] = ["supersilverhaze", "jackherer"];
+pub const PACKAGES: usize = 12;
+
+/// Places in the test databases: network, country, coordinates (None: the
+/// record has a country only).
+/// Network, country, and (latitude, longitude) when the record has them.
+pub type Place = (&'static str, &'static str, Option<(f64, f64)>);
+
+pub const PLACES: &[Place] = &[
+    ("1.0.0.0/24", "FR", Some((48.85, 2.35))),       // Paris
+    ("2.0.0.0/24", "US", Some((41.88, -87.63))),     // Chicago
+    ("3.0.0.0/24", "KR", Some((37.57, 126.98))),     // Seoul
+    ("4.0.0.0/24", "AR", Some((-34.60, -58.40))),    // Buenos Aires
+    ("5.0.0.0/24", "DE", None),                      // Germany, centroid only
+    ("6.0.0.0/8", "DE", Some((50.20, 8.20))),        // near Frankfurt, many networks
+    ("8.0.0.0/24", "JP", Some((35.68, 139.69))),     // Tokyo
+    ("2a00:1000::/32", "DE", Some((52.52, 13.40))),  // Berlin, IPv6
+    ("2600:1000::/32", "US", Some((40.71, -74.01))), // New York, IPv6
+];
+
+#[derive(Serialize)]
+struct NestedCountry {
+    iso_code: String,
+}
+
+#[derive(Serialize)]
+struct NestedLocation {
+    latitude: f64,
+    longitude: f64,
+}
+
+#[derive(Serialize)]
+struct Nested {
+    country: NestedCountry,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<NestedLocation>,
+}
+
+#[derive(Serialize)]
+struct Flat {
+    country_code: String,
+    // ip-location-db stores 32-bit floats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latitude: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    longitude: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct ContinentOnly {
+    continent: BTreeMap<String, String>,
+}
+
+/// Writes a database in MaxMind's nested (City) schema.
+pub fn write_nested_db(path: &Path) {
+    let mut w = Writer::new("Test-City");
+    for (net, cc, ll) in PLACES {
+        let rec = Nested {
+            country: NestedCountry {
+                iso_code: cc.to_string(),
+            },
+            location: ll.map(|(latitude, longitude)| NestedLocation {
+                latitude,
+                longitude,
+            }),
+        };
+        w.insert(net.parse::<IpNet>().unwrap(), &rec).unwrap();
+    }
+    // A record with neither country nor coordinates.
+    let unknown = ContinentOnly {
+        continent: [("code".to_string(), "EU".to_string())].into(),
+    };
+    w.insert("7.0.0.0/24".parse::<IpNet>().unwrap(), &unknown)
+        .unwrap();
+    std::fs::write(path, w.to_bytes().unwrap()).unwrap();
+}
+
+/// Writes a database in ip-location-db's flat schema.
+pub fn write_flat_db(path: &Path) {
+    let mut w = Writer::new("Test-Flat");
+    for (net, cc, ll) in PLACES {
+        let rec = Flat {
+            country_code: cc.to_string(),
+            latitude: ll.map(|l| l.0 as f32),
+            longitude: ll.map(|l| l.1 as f32),
+        };
+        w.insert(net.parse::<IpNet>().unwrap(), &rec).unwrap();
+    }
+    std::fs::write(path, w.to_bytes().unwrap()).unwrap();
+}
+
+/// One mirror of a test config.
+pub struct MirrorSpec {
+    pub name: &'static str,
+    pub lat: f64,
+    pub lon: f64,
+    pub extra: &'static str,
+}
+
+pub fn spec(name: &'static str, lat: f64, lon: f64) -> MirrorSpec {
+    MirrorSpec {
+        name,
+        lat,
+        lon,
+        extra: "",
+    }
+}
+
+/// The four continents' mirrors most tests use.
+pub fn world() -> Vec<MirrorSpec> {
+    vec![
+        spec("eu-fra", 50.11, 8.68),
+        spec("us-nyc", 40.71, -74.01),
+        spec("jp-tyo", 35.68, 139.69),
+        spec("br-sao", -23.55, -46.63),
+    ]
+}
+
+/// An origin, mirrors, and the real service in front of them.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub origin: MiniServer,
+    pub mirrors: Vec<MiniServer>,
+    pub names: Vec<&'static str>,
+    pub service: Option<Running>,
+    pub config: Config,
+}
+
+pub struct Options {
+    pub trusted: &'static str,
+    pub probe: &'static str,
+    pub flat_db: bool,
+    pub extra: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            trusted: r#"["127.0.0.1/32"]"#,
+            probe: "interval = \"300ms\"\ntimeout = \"500ms\"\nmax_latency = \"2s\"\nfall = 2\nrise = 2\nsample = 3",
+            flat_db: false,
+            extra: "",
+        }
+    }
+}
+
+pub fn origin_tree() -> Tree {
+    Tree::generate(&RELEASES, PACKAGES)
+}
+
+impl Fixture {
+    /// Every mirror serves a copy of the origin's tree.
+    pub async fn start(mirrors: Vec<MirrorSpec>, opts: Options) -> Fixture {
+        let trees = mirrors.iter().map(|_| origin_tree()).collect();
+        Fixture::start_with(mirrors, trees, opts).await
+    }
+
+    pub async fn start_with(mirrors: Vec<MirrorSpec>, trees: Vec<Tree>, opts: Options) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("test.mmdb");
+        if opts.flat_db {
+            write_flat_db(&db);
+        } else {
+            write_nested_db(&db);
+        }
+        let origin = MiniServer::start(origin_tree()).await.unwrap();
+        let mut servers = Vec::new();
+        for t in trees {
+            servers.push(MiniServer::start(t).await.unwrap());
+        }
+        let mut text = format!(
+            "listen = [\"127.0.0.1:0\"]\norigin = \"{}\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\ngeoip = \"test.mmdb\"\ntrusted_proxies = {}\n{}\n[probe]\n{}\n",
+            origin.url(),
+            opts.trusted,
+            opts.extra,
+            opts.probe
+        );
+        for (m, s) in mirrors.iter().zip(&servers) {
+            text.push_str(&format!(
+                "\n[[mirror]]\nname = \"{}\"\nurl = \"{}\"\nlat = {}\nlon = {}\n{}\n",
+                m.name,
+                s.url(),
+                m.lat,
+                m.lon,
+                m.extra
+            ));
+        }
+        let path = dir.path().join("mirrors.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let service = app::start(&config).await.unwrap();
+        Fixture {
+            dir,
+            origin,
+            mirrors: servers,
+            names: mirrors.iter().map(|m| m.name).collect(),
+            service: Some(service),
+            config,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.service.as_ref().unwrap().addrs[0]
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mirrors.toml")
+    }
+
+    /// Names of the mirrors the table has eligible now.
+    pub fn eligible(&self) -> Vec<String> {
+        let t = self.service.as_ref().unwrap().table.load();
+        t.mirrors()
+            .iter()
+            .filter(|m| m.status.eligible)
+            .map(|m| m.name.to_string())
+            .collect()
+    }
+
+    /// A mirror's current reason.
+    pub fn reason(&self, name: &str) -> String {
+        let t = self.service.as_ref().unwrap().table.load();
+        t.mirrors()
+            .iter()
+            .find(|m| &*m.name == name)
+            .unwrap()
+            .status
+            .reason
+            .to_string()
+    }
+
+    /// Waits until exactly `want` are eligible, or panics at the deadline.
+    pub async fn wait_eligible(&self, want: &[&str], within: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        loop {
+            let mut now = self.eligible();
+            now.sort();
+            if now == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "eligible {now:?}, wanted {want:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The base URL of a mirror by name.
+    pub fn url_of(&self, name: &str) -> String {
+        let i = self.names.iter().position(|n| *n == name).unwrap();
+        self.mirrors[i].url()
+    }
+
+    pub fn mirror(&mut self, name: &str) -> &mut MiniServer {
+        let i = self.names.iter().position(|n| *n == name).unwrap();
+        &mut self.mirrors[i]
+    }
+
+    /// GET `path` as a client at `client_ip` (sent as X-Forwarded-For).
+    pub async fn get_as(&self, client_ip: &str, path: &str) -> Answer {
+        raw(self.addr(), &format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {client_ip}\r\nConnection: close\r\n\r\n")).await
+    }
+
+    /// The mirror name a client is sent to, or "origin".
+    pub async fn where_to(&self, client_ip: &str) -> String {
+        let a = self
+            .get_as(
+                client_ip,
+                "/distri/jackherer/pkg/pkg001-amd64-1.0-1.squashfs",
+            )
+            .await;
+        assert_eq!(a.status, 302, "{a:?}");
+        self.name_of(a.location())
+    }
+
+    pub fn name_of(&self, location: &str) -> String {
+        if location.starts_with(&self.origin.url()) {
+            return "origin".into();
+        }
+        for (n, s) in self.names.iter().zip(&self.mirrors) {
+            if location.starts_with(&s.url()) {
+                return n.to_string();
+            }
+        }
+        panic!("{location} is not under any configured base");
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn location(&self) -> &str {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location in {self:?}"))
+    }
+}
+
+/// Sends `request` as written and reads the response until the server closes.
+pub async fn raw(addr: SocketAddr, request: &str) -> Answer {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response within 10s")
+        .unwrap();
+    parse(&buf)
+}
+
+fn parse(buf: &[u8]) -> Answer {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = std::str::from_utf8(&buf[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    }
+}
