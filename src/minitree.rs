@@ -113,6 +113,7 @@ pub struct MiniServer {
     addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     requests: Arc<AtomicU64>,
+    bodies: Arc<AtomicU64>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -128,6 +129,7 @@ impl MiniServer {
             addr: listener.local_addr()?,
             mode: Arc::new(Mutex::new(mode)),
             requests: Arc::new(AtomicU64::new(0)),
+            bodies: Arc::new(AtomicU64::new(0)),
             task: None,
         };
         s.task = Some(s.spawn(listener));
@@ -146,6 +148,11 @@ impl MiniServer {
     /// Requests answered or accepted so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Bodies of files sent so far (GETs answered with 200).
+    pub fn bodies(&self) -> u64 {
+        self.bodies.load(Ordering::Relaxed)
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -172,17 +179,21 @@ impl MiniServer {
     }
 
     fn spawn(&self, listener: TcpListener) -> JoinHandle<()> {
-        let (mode, requests) = (self.mode.clone(), self.requests.clone());
+        let (mode, requests, bodies) = (
+            self.mode.clone(),
+            self.requests.clone(),
+            self.bodies.clone(),
+        );
         tokio::spawn(async move {
             // Connections live in this set, so aborting the accept task
             // closes them too.
             let mut conns = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                let (mode, requests) = (mode.clone(), requests.clone());
+                let (mode, requests, bodies) = (mode.clone(), requests.clone(), bodies.clone());
                 let svc = service_fn(move |req| {
                     requests.fetch_add(1, Ordering::Relaxed);
                     let mode = mode.lock().expect("mode lock").clone();
-                    answer(mode, req)
+                    answer(mode, req, bodies.clone())
                 });
                 conns.spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -212,6 +223,7 @@ fn modified(body: &Bytes) -> SystemTime {
 async fn answer(
     mode: Mode,
     req: Request<hyper::body::Incoming>,
+    bodies: Arc<AtomicU64>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let tree = match mode {
         Mode::Hang => std::future::pending().await,
@@ -226,12 +238,14 @@ async fn answer(
         Mode::Serve(tree) => tree,
     };
     let path = req.uri().path().trim_start_matches('/');
+    let head = req.method() == Method::HEAD;
     let resp = match tree.get(path) {
         Some(body) => Response::builder()
             .header("last-modified", httpdate::fmt_http_date(modified(body)))
-            .body(Full::new(if req.method() == Method::HEAD {
+            .body(Full::new(if head {
                 Bytes::new()
             } else {
+                bodies.fetch_add(1, Ordering::Relaxed);
                 body.clone()
             }))
             .map(|mut r| {

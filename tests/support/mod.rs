@@ -141,6 +141,8 @@ pub struct Fixture {
     pub origin: MiniServer,
     pub mirrors: Vec<MiniServer>,
     pub names: Vec<&'static str>,
+    /// Base URLs by mirror, in `names` order.
+    pub urls: Vec<String>,
     pub service: Option<Running>,
     pub config: Config,
 }
@@ -211,6 +213,7 @@ impl Fixture {
         Fixture {
             dir,
             origin,
+            urls: servers.iter().map(MiniServer::url).collect(),
             mirrors: servers,
             names: mirrors.iter().map(|m| m.name).collect(),
             service: Some(service),
@@ -270,7 +273,7 @@ impl Fixture {
     /// The base URL of a mirror by name.
     pub fn url_of(&self, name: &str) -> String {
         let i = self.names.iter().position(|n| *n == name).unwrap();
-        self.mirrors[i].url()
+        self.urls[i].clone()
     }
 
     pub fn mirror(&mut self, name: &str) -> &mut MiniServer {
@@ -299,8 +302,8 @@ impl Fixture {
         if location.starts_with(&self.origin.url()) {
             return "origin".into();
         }
-        for (n, s) in self.names.iter().zip(&self.mirrors) {
-            if location.starts_with(&s.url()) {
+        for (n, u) in self.names.iter().zip(&self.urls) {
+            if location.starts_with(u.as_str()) {
                 return n.to_string();
             }
         }
