@@ -1,4 +1,4 @@
-//! The operator's subcommands besides `serve`: `check` and `locate`.
+//! The operator's subcommands besides `serve`: `check`, `locate`, `probe`.
 //! Each writes a report to any `io::Write`, so tests read what operators see.
 
 use std::io::{self, Write};
@@ -7,8 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::config::{Config, ConfigError};
 use crate::geoip::{GeoDb, GeoIpError};
+use crate::probe::{self, RoundRow, check::ProbeError};
 use crate::select::{Client, explain};
-use crate::table::Table;
+use crate::table::{Status, Table};
 
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +20,70 @@ pub enum CommandError {
     GeoIp(#[from] GeoIpError),
     #[error("{0:?} is not an IP address")]
     BadAddress(String),
+    #[error("origin {origin}: {source}")]
+    Origin {
+        origin: String,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("no mirror is eligible")]
+    NoneEligible,
     #[error("writing the report: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Probes every mirror once and returns the table that round would publish.
+pub async fn probe_table(config: &Config) -> Result<(Table, Vec<RoundRow>), CommandError> {
+    let rows = probe::run_once(config)
+        .await
+        .map_err(|source| CommandError::Origin {
+            origin: config.origin.clone(),
+            source,
+        })?;
+    let table = Table::from_config(&config.mirrors, Status::unprobed())
+        .with_statuses(rows.iter().map(|r| r.status.clone()));
+    Ok((table, rows))
+}
+
+/// `probe`: one round, one line per mirror; fails when none is eligible.
+pub fn print_round(
+    config: &Config,
+    rows: &[RoundRow],
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    write!(out, "{:<16} {:<8} {:>9}", "mirror", "eligible", "latency")?;
+    for r in &config.releases {
+        write!(out, "  {r:<15}")?;
+    }
+    writeln!(out, "  reason")?;
+    for row in rows {
+        let latency = row.report.latency.map_or("-".to_string(), |l| {
+            format!("{:.1} ms", l.as_secs_f64() * 1000.0)
+        });
+        write!(
+            out,
+            "{:<16} {:<8} {latency:>9}",
+            row.name,
+            if row.status.eligible { "yes" } else { "no" }
+        )?;
+        for rel in &row.report.releases {
+            let f = match rel.fresh {
+                Some(true) => "fresh",
+                Some(false) => "stale",
+                None => "?",
+            };
+            write!(out, "  {f:<15}")?;
+        }
+        for _ in row.report.releases.len()..config.releases.len() {
+            write!(out, "  {:<15}", "?")?;
+        }
+        writeln!(out, "  {}", row.status.reason)?;
+    }
+    if rows.iter().any(|r| r.status.eligible) {
+        Ok(())
+    } else {
+        Err(CommandError::NoneEligible)
+    }
 }
 
 /// Loads the config and the database, and prints a summary.
@@ -60,23 +123,27 @@ pub fn check(config: &Config, out: &mut impl Write) -> Result<(), CommandError> 
     Ok(())
 }
 
+/// Parses every address first, so a typo fails before any work is done.
+pub fn parse_ips(ips: &[String]) -> Result<Vec<IpAddr>, CommandError> {
+    ips.iter()
+        .map(|s| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| CommandError::BadAddress(s.clone()))
+        })
+        .collect()
+}
+
 /// For each address: what the database says, and every mirror in the order
 /// selection considers it.
 pub fn locate(
     config: &Config,
     table: &Table,
-    ips: &[String],
+    ips: &[IpAddr],
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
     let geo = GeoDb::open(&config.geoip)?;
-    let ips = ips
-        .iter()
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| CommandError::BadAddress(s.clone()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for ip in ips {
+    for &ip in ips {
         let loc = geo.lookup(ip);
         let country = loc.country.map_or("unknown".to_string(), |c| c.to_string());
         let coord = loc.coord.map_or("unknown".to_string(), |c| {

@@ -19,7 +19,8 @@
 //! - [`server`]: accept, connection limits, graceful shutdown.
 //! - [`app`]: wiring from a config to a running service.
 //! - [`minitree`]: miniature distri trees served on loopback (demo, tests).
-//! - [`commands`]: the `check` and `locate` subcommands.
+//! - [`commands`]: the `check`, `locate` and `probe` subcommands.
+//! - [`demo`]: the `demo` subcommand: a miniature mirror network on loopback.
 //!
 //! The request path is `server` → `frontend` → (`path`, `client`, `geoip`,
 //! `select` over a loaded `table`): no lock, no I/O, no waiting on probes.
@@ -28,6 +29,7 @@ pub mod app;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod frontend;
 pub mod geo;
 pub mod geoip;

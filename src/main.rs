@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use distri_redirector::config::Config;
 use distri_redirector::table::{Status, Table};
-use distri_redirector::{app, commands};
+use distri_redirector::{app, commands, demo};
 
 #[derive(Parser)]
 #[command(
@@ -24,13 +24,28 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the config and the GeoIP database, and print a summary.
     Check(ConfigArg),
-    /// Show where addresses are and how each mirror is considered for them.
+    /// Show where addresses are and how each mirror is considered for them
+    /// (after one probe round, so states are real).
     Locate {
         #[command(flatten)]
         config: ConfigArg,
+        /// Skip probing: treat every mirror as eligible.
+        #[arg(long)]
+        no_probe: bool,
         /// IPv4 or IPv6 addresses.
         #[arg(required = true)]
         ips: Vec<String>,
+    },
+    /// Probe every mirror once and print a table; fails when none is eligible.
+    Probe(ConfigArg),
+    /// Run a miniature origin and mirrors on loopback behind the redirector.
+    Demo {
+        /// The config whose GeoIP database the demo uses.
+        #[arg(long, default_value = "mirrors.toml")]
+        config: PathBuf,
+        /// Where the demo's redirector listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -65,17 +80,39 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(c) => serve(Config::load(&c.config)?),
         Command::Check(c) => Ok(commands::check(&Config::load(&c.config)?, &mut out)?),
-        Command::Locate { config, ips } => {
+        Command::Locate {
+            config,
+            no_probe,
+            ips,
+        } => {
             let config = Config::load(&config.config)?;
-            let table = Table::from_config(&config.mirrors, Status::assumed_up());
+            let ips = commands::parse_ips(&ips)?;
+            let table = if no_probe {
+                Table::from_config(&config.mirrors, Status::assumed_up())
+            } else {
+                runtime()?.block_on(commands::probe_table(&config))?.0
+            };
             Ok(commands::locate(&config, &table, &ips, &mut out)?)
+        }
+        Command::Probe(c) => {
+            let config = Config::load(&c.config)?;
+            let (_, rows) = runtime()?.block_on(commands::probe_table(&config))?;
+            Ok(commands::print_round(&config, &rows, &mut out)?)
+        }
+        Command::Demo { config, listen } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(demo::run(&config, listen, shutdown_signal()))?;
+            Ok(())
         }
     }
 }
 
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let running = app::start(&config).await?;
         for a in &running.addrs {
             tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving");

@@ -163,16 +163,20 @@ impl MiniServer {
         self.set_mode(Mode::Serve(Arc::new(tree)));
     }
 
-    /// Closes the port and every open connection: connections are refused.
-    pub fn stop(&mut self) {
+    /// Closes the port and every open connection: from its return on,
+    /// connections are refused.
+    pub async fn stop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+            // The listener closes when the aborted task is dropped, which
+            // this waits for; until then connections would still land.
+            let _ = t.await;
         }
     }
 
     /// Listens again on the same port.
     pub async fn restart(&mut self) -> std::io::Result<()> {
-        self.stop();
+        self.stop().await;
         let listener = TcpListener::bind(self.addr).await?;
         self.task = Some(self.spawn(listener));
         Ok(())
@@ -208,7 +212,9 @@ impl MiniServer {
 
 impl Drop for MiniServer {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 

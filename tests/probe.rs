@@ -162,7 +162,7 @@ async fn a_dead_mirror_goes_out_and_comes_back_while_requests_flow() {
     let avoid = Arc::new(AtomicBool::new(false));
     let traffic = Traffic::start(&f, "dies", avoid.clone());
 
-    server.stop();
+    server.stop().await;
     let out = f.wait_eligible(&["stays"], SETTLE).await;
     avoid.store(true, Ordering::SeqCst);
     assert!(out <= 2 * INTERVAL + SLACK, "out after {out:?}");
@@ -186,7 +186,7 @@ async fn an_origin_outage_keeps_fresh_mirrors_eligible() {
     let mut f = Fixture::start(world(), Options::default()).await;
     f.wait_eligible(&["eu-fra", "us-nyc", "jp-tyo", "br-sao"], SETTLE)
         .await;
-    f.origin.stop();
+    f.origin.stop().await;
     // Mirrors keep being probed against the last known index ...
     let before = f.mirrors[0].requests();
     let start = tokio::time::Instant::now();
