@@ -57,7 +57,7 @@ impl Running {
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let geo = Arc::new(GeoDb::open(&config.geoip)?);
     // Until the first round verifies a mirror, everything goes to the origin.
-    let table = Table::from_config(&config.mirrors, Status::unprobed()).share();
+    let table = Table::from_config(&config.mirrors, Status::unprobed(), config.selection).share();
     let listeners = server::bind(&config.listen).await?;
     let addrs = listeners
         .iter()

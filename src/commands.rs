@@ -40,7 +40,7 @@ pub async fn probe_table(config: &Config) -> Result<(Table, Vec<RoundRow>), Comm
             origin: config.origin.clone(),
             source,
         })?;
-    let table = Table::from_config(&config.mirrors, Status::unprobed())
+    let table = Table::from_config(&config.mirrors, Status::unprobed(), config.selection)
         .with_statuses(rows.iter().map(|r| r.status.clone()));
     Ok((table, rows))
 }
@@ -151,7 +151,7 @@ pub fn locate(
         });
         writeln!(out, "{ip}: country {country}, at {coord} ({})", loc.source)?;
         let client = Client::new(ip, &loc);
-        let considered = explain(table, &client, &config.selection);
+        let considered = explain(table, &client);
         if considered.is_empty() {
             writeln!(out, "  no mirrors configured: origin {}", config.origin)?;
         }
@@ -166,7 +166,7 @@ pub fn locate(
                 m.name, dist, c.verdict, m.status.health, m.status.reason
             )?;
         }
-        if crate::select::select(table, &client, &config.selection).is_none() {
+        if crate::select::select(table, &client).is_none() {
             writeln!(out, "  -> origin {}", config.origin)?;
         }
     }

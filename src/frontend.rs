@@ -15,11 +15,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 
 use crate::client::client_ip;
-use crate::config::{Config, Selection};
+use crate::config::Config;
 use crate::geoip::GeoDb;
 use crate::path::{self, PathError};
 use crate::select::{Client, select};
-use crate::table::SharedTable;
+use crate::table::{MirrorId, SharedTable};
 
 /// What the front-end needs, shared by every connection.
 pub struct Frontend {
@@ -28,16 +28,15 @@ pub struct Frontend {
     origin: Arc<str>,
     releases: Vec<String>,
     trusted_proxies: Vec<IpNet>,
-    band: Selection,
 }
 
 /// What to do with a request.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    /// 302 to this URL; `mirror` names the mirror, `None` for the origin.
+    /// 302 to this URL; `mirror` is the chosen mirror, `None` for the origin.
     Redirect {
         location: HeaderValue,
-        mirror: Option<Arc<str>>,
+        mirror: Option<MirrorId>,
     },
     Healthy,
     BadPath(PathError),
@@ -52,7 +51,6 @@ impl Frontend {
             origin: Arc::from(config.origin.as_str()),
             releases: config.releases.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
-            band: config.selection,
         }
     }
 
@@ -89,24 +87,21 @@ impl Frontend {
         let location = self.geo.lookup(ip);
         let client = Client::new(ip, &location);
         let table = self.table.load();
-        match select(&table, &client, &self.band) {
+        match select(&table, &client) {
             Some(id) => {
                 let m = table.get(id);
-                self.redirect(&m.base, path, Some(&m.name))
+                self.redirect(&m.base, path, Some(id))
             }
             None => self.redirect(&self.origin, path, None),
         }
     }
 
-    fn redirect(&self, base: &str, path: &str, mirror: Option<&Arc<str>>) -> Outcome {
+    fn redirect(&self, base: &str, path: &str, mirror: Option<MirrorId>) -> Outcome {
         let mut url = String::with_capacity(base.len() + path.len());
         url.push_str(base);
         url.push_str(path);
         match HeaderValue::from_maybe_shared(Bytes::from(url)) {
-            Ok(location) => Outcome::Redirect {
-                location,
-                mirror: mirror.cloned(),
-            },
+            Ok(location) => Outcome::Redirect { location, mirror },
             // Unreachable: bases are validated URLs and paths canonical. Refuse
             // rather than redirect somewhere unchecked.
             Err(_) => Outcome::BadPath(PathError::ControlCharacter),

@@ -40,8 +40,11 @@ impl Country {
         std::str::from_utf8(&self.0).expect("country codes are ASCII")
     }
 
-    /// Index into a dense 26x26 table; lookups on the hot path are one load.
-    fn index(self) -> usize {
+    /// How many slots a dense table by country has.
+    pub const SLOTS: usize = 26 * 26;
+
+    /// Slot in a dense table by country; lookups on the hot path are one load.
+    pub fn slot(self) -> usize {
         (self.0[0] - b'A') as usize * 26 + (self.0[1] - b'A') as usize
     }
 
@@ -102,7 +105,7 @@ pub struct Centroids {
 
 impl Centroids {
     pub fn get(&self, c: Country) -> Option<Coord> {
-        self.by_index[c.index()]
+        self.by_index[c.slot()]
     }
 
     pub fn len(&self) -> usize {
@@ -128,7 +131,7 @@ impl Centroids {
                 .and_then(|(lat, lon)| Coord::new(lat, lon));
             if let (Some(c), Some(coord)) = (Country::from_bytes_unchecked(code.as_bytes()), coord)
             {
-                by_index[c.index()] = Some(coord);
+                by_index[c.slot()] = Some(coord);
                 len += 1;
             }
         }

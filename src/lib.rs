@@ -12,6 +12,7 @@
 //! - [`probe`]: background checks of the origin and every mirror; the only
 //!   writer of the table.
 //! - [`meta`]: distri's `meta.binaryproto` index (protobuf).
+//! - [`index`]: per-table spatial index, so selection looks at few mirrors.
 //! - [`select`]: which mirror serves a client; a pure function.
 //! - [`path`]: request paths to one canonical form, or a refusal.
 //! - [`client`]: the client's address, behind trusted proxies.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod frontend;
 pub mod geo;
 pub mod geoip;
+pub mod index;
 pub mod meta;
 pub mod minitree;
 pub mod path;

@@ -88,7 +88,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&config.config)?;
             let ips = commands::parse_ips(&ips)?;
             let table = if no_probe {
-                Table::from_config(&config.mirrors, Status::assumed_up())
+                Table::from_config(&config.mirrors, Status::assumed_up(), config.selection)
             } else {
                 runtime()?.block_on(commands::probe_table(&config))?.0
             };

@@ -72,38 +72,43 @@ fn admits(m: &Mirror, client: &Client, need_v6: bool) -> Result<(), Exclusion> {
 }
 
 /// The mirror for this client, or `None` to send it to the origin.
-pub fn select(table: &Table, client: &Client, band: &Selection) -> Option<MirrorId> {
+pub fn select(table: &Table, client: &Client) -> Option<MirrorId> {
     if client.ipv6 {
-        if let Some(id) = pick(table, client, band, true) {
+        if let Some(id) = pick(table, client, true) {
             return Some(id);
         }
     }
-    pick(table, client, band, false)
+    pick(table, client, false)
 }
 
-fn pick(table: &Table, client: &Client, band: &Selection, need_v6: bool) -> Option<MirrorId> {
-    let candidates = table
-        .eligible()
-        .iter()
-        .copied()
-        .filter(|&id| admits(table.get(id), client, need_v6).is_ok());
-    let limit = match client.coord {
-        Some(at) => {
-            let nearest = candidates
-                .clone()
-                .map(|id| at.distance_km(table.get(id).coord))
-                .min_by(f64::total_cmp)?;
-            band_limit(nearest, band)
-        }
-        None => f64::INFINITY,
+fn pick(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
+    let admitted = |id: &MirrorId| admits(table.get(*id), client, need_v6).is_ok();
+    let Some(at) = client.coord else {
+        let all = table.eligible().iter().copied().filter(admitted);
+        return best(table, client.network, all);
     };
-    candidates
-        .filter(|&id| {
-            client
-                .coord
-                .is_none_or(|at| at.distance_km(table.get(id).coord) <= limit)
-        })
-        .map(|id| (id, score(table.get(id), client.network)))
+    // The index holds a superset of the band for every point of a cell.
+    let index = table.index();
+    let grid = if need_v6 { &index.v6 } else { &index.all };
+    let candidates = grid
+        .cell(at)
+        .iter()
+        .chain(index.restricted(client.country))
+        .copied()
+        .filter(admitted);
+    let distance = |id: MirrorId| at.distance_km(table.get(id).coord);
+    let nearest = candidates.clone().map(distance).min_by(f64::total_cmp)?;
+    let limit = band_limit(nearest, table.band());
+    best(
+        table,
+        client.network,
+        candidates.filter(|&id| distance(id) <= limit),
+    )
+}
+
+/// The highest rendezvous score among `ids`.
+fn best(table: &Table, network: u64, ids: impl Iterator<Item = MirrorId>) -> Option<MirrorId> {
+    ids.map(|id| (id, score(table.get(id), network)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(id, _)| id)
 }
@@ -153,8 +158,8 @@ impl std::fmt::Display for Verdict {
 
 /// Every mirror, nearest first, with what selection made of it. Not for the
 /// request path: it allocates.
-pub fn explain(table: &Table, client: &Client, band: &Selection) -> Vec<Considered> {
-    let chosen = select(table, client, band);
+pub fn explain(table: &Table, client: &Client) -> Vec<Considered> {
+    let chosen = select(table, client);
     let need_v6 = client.ipv6
         && (0..table.mirrors().len()).any(|id| admits(table.get(id), client, true).is_ok());
     let dist = |id: MirrorId| client.coord.map(|at| at.distance_km(table.get(id).coord));
@@ -169,7 +174,7 @@ pub fn explain(table: &Table, client: &Client, band: &Selection) -> Vec<Consider
                 Err(e) => Verdict::Excluded(e),
                 Ok(()) if Some(id) == chosen => Verdict::Chosen,
                 Ok(()) => match (distance_km, nearest) {
-                    (Some(d), Some(n)) if d > band_limit(n, band) => Verdict::OutsideBand,
+                    (Some(d), Some(n)) if d > band_limit(n, table.band()) => Verdict::OutsideBand,
                     _ => Verdict::InBand,
                 },
             };
@@ -206,7 +211,7 @@ mod tests {
     }
 
     fn table(ms: Vec<crate::config::Mirror>) -> Table {
-        Table::from_config(&ms, Status::assumed_up())
+        Table::from_config(&ms, Status::assumed_up(), Selection::default())
     }
 
     fn at(lat: f64, lon: f64, net: u64) -> Client {
@@ -230,7 +235,6 @@ mod tests {
     #[test]
     fn nearest_wins_when_alone_in_band() {
         let t = table(world());
-        let b = Selection::default();
         let cases = [
             ((48.85, 2.35), 0),
             ((41.88, -87.63), 1),
@@ -239,23 +243,16 @@ mod tests {
         ];
         for ((lat, lon), want) in cases {
             for net in 0..50 {
-                assert_eq!(
-                    select(&t, &at(lat, lon, net), &b),
-                    Some(want),
-                    "{lat},{lon}"
-                );
+                assert_eq!(select(&t, &at(lat, lon, net)), Some(want), "{lat},{lon}");
             }
         }
     }
 
     #[test]
     fn nothing_eligible_means_origin() {
-        let t = Table::from_config(&world(), Status::unprobed());
-        assert_eq!(select(&t, &at(50.0, 8.0, 1), &Selection::default()), None);
-        assert_eq!(
-            select(&Table::default(), &at(50.0, 8.0, 1), &Selection::default()),
-            None
-        );
+        let t = Table::from_config(&world(), Status::unprobed(), Selection::default());
+        assert_eq!(select(&t, &at(50.0, 8.0, 1)), None);
+        assert_eq!(select(&Table::default(), &at(50.0, 8.0, 1)), None);
     }
 
     #[test]
@@ -267,12 +264,11 @@ mod tests {
         ];
         ms[1].weight = 3.0;
         let t = table(ms);
-        let b = Selection::default();
         let mut counts = [0usize; 3];
         for net in 0..20_000u64 {
             let c = at(50.2, 8.2, net * 7919);
-            let id = select(&t, &c, &b).unwrap();
-            assert_eq!(select(&t, &c, &b), Some(id), "sticky");
+            let id = select(&t, &c).unwrap();
+            assert_eq!(select(&t, &c), Some(id), "sticky");
             counts[id] += 1;
         }
         assert_eq!(counts[2], 0);
@@ -294,16 +290,12 @@ mod tests {
         let t = table(ms);
         let mut c = at(48.85, 2.35, 1);
         c.country = Country::parse("FR");
-        assert_eq!(
-            select(&t, &c, &Selection::default()),
-            Some(1),
-            "FR is not served by de-fra"
-        );
+        assert_eq!(select(&t, &c), Some(1), "FR is not served by de-fra");
         c.country = Country::parse("DE");
-        assert_eq!(select(&t, &c, &Selection::default()), Some(0));
+        assert_eq!(select(&t, &c), Some(0));
         c.country = None;
         assert_eq!(
-            select(&t, &c, &Selection::default()),
+            select(&t, &c),
             Some(1),
             "unknown country: unrestricted only"
         );
@@ -315,19 +307,15 @@ mod tests {
         ms[0].ipv6 = false;
         let t = table(ms);
         let mut c = at(48.85, 2.35, 1);
-        assert_eq!(select(&t, &c, &Selection::default()), Some(0));
+        assert_eq!(select(&t, &c), Some(0));
         c.ipv6 = true;
-        assert_eq!(select(&t, &c, &Selection::default()), Some(1));
+        assert_eq!(select(&t, &c), Some(1));
         let only_v4 = table(vec![{
             let mut m = mirror("v4", 50.0, 8.0);
             m.ipv6 = false;
             m
         }]);
-        assert_eq!(
-            select(&only_v4, &c, &Selection::default()),
-            Some(0),
-            "better than the origin"
-        );
+        assert_eq!(select(&only_v4, &c), Some(0), "better than the origin");
     }
 
     #[test]
@@ -341,7 +329,7 @@ mod tests {
                 ipv6: false,
                 network: net,
             };
-            seen[select(&t, &c, &Selection::default()).unwrap()] = true;
+            seen[select(&t, &c).unwrap()] = true;
         }
         assert_eq!(seen, [true; 4]);
     }
@@ -362,7 +350,7 @@ mod tests {
         ms[2].countries = Some(vec![Country::parse("JP").unwrap()]);
         let t = table(ms);
         let c = at(48.85, 2.35, 5);
-        let e = explain(&t, &c, &Selection::default());
+        let e = explain(&t, &c);
         assert_eq!(e.len(), 4);
         assert_eq!(e[0].id, 0);
         assert_eq!(e[0].verdict, Verdict::Chosen);
@@ -375,5 +363,88 @@ mod tests {
             e.iter().find(|x| x.id == 1).unwrap().verdict,
             Verdict::OutsideBand
         );
+    }
+
+    /// The old, obvious algorithm: every mirror, no index.
+    fn select_brute(table: &Table, client: &Client) -> Option<MirrorId> {
+        let pass = |need_v6: bool| {
+            let ids = || {
+                (0..table.mirrors().len())
+                    .filter(move |&id| admits(table.get(id), client, need_v6).is_ok())
+            };
+            let limit = match client.coord {
+                Some(at) => band_limit(
+                    ids()
+                        .map(|id| at.distance_km(table.get(id).coord))
+                        .min_by(f64::total_cmp)?,
+                    table.band(),
+                ),
+                None => f64::INFINITY,
+            };
+            let in_band = ids().filter(|&id| {
+                client
+                    .coord
+                    .is_none_or(|at| at.distance_km(table.get(id).coord) <= limit)
+            });
+            best(table, client.network, in_band)
+        };
+        if client.ipv6 {
+            if let Some(id) = pass(true) {
+                return Some(id);
+            }
+        }
+        pass(false)
+    }
+
+    use proptest::prelude::*;
+
+    fn arb_mirror() -> impl Strategy<Value = (f64, f64, f64, bool, bool, Option<u8>)> {
+        (
+            -90.0..=90.0f64,
+            -180.0..=180.0f64,
+            0.1..5.0f64,
+            any::<bool>(),
+            prop::bool::weighted(0.8),
+            prop::option::weighted(0.2, 0..3u8),
+        )
+    }
+
+    const CODES: [&str; 3] = ["DE", "US", "JP"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The index never changes a choice: indexed selection equals the
+        /// brute-force one for any table and any client.
+        #[test]
+        fn index_agrees_with_brute_force(
+            ms in prop::collection::vec(arb_mirror(), 0..40),
+            clients in prop::collection::vec((-90.0..=90.0f64, -180.0..=180.0f64, any::<u64>(), any::<bool>(), prop::option::of(0..3u8), prop::bool::weighted(0.1)), 20),
+            ratio in 1.0..2.0f64,
+            km in 0.0..1000.0f64,
+        ) {
+            let band = Selection { band_ratio: ratio, band_km: km };
+            let mirrors = ms.iter().enumerate().map(|(i, &(lat, lon, weight, ipv6, eligible, country))| {
+                let c = crate::config::Mirror {
+                    name: format!("m{i}"),
+                    url: format!("http://m{i}.example.org/"),
+                    coord: Coord::new(lat, lon).unwrap(),
+                    weight,
+                    countries: country.map(|k| vec![Country::parse(CODES[k as usize]).unwrap()]),
+                    ipv6,
+                };
+                let status = if eligible { Status::assumed_up() } else { Status::unprobed() };
+                Mirror::from_config(&c, status)
+            }).collect();
+            let table = Table::new(mirrors, band);
+            for &(lat, lon, network, ipv6, country, unknown) in &clients {
+                let client = Client {
+                    coord: if unknown { None } else { Coord::new(lat, lon) },
+                    country: country.and_then(|k| Country::parse(CODES[k as usize])),
+                    ipv6,
+                    network,
+                };
+                prop_assert_eq!(select(&table, &client), select_brute(&table, &client));
+            }
+        }
     }
 }

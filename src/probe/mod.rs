@@ -131,7 +131,20 @@ async fn publish(
         while let Ok((id, status)) = changes.try_recv() {
             statuses[id] = status;
         }
-        let next: Table = table.load().with_statuses(statuses.iter().cloned());
+        // Building the index takes milliseconds for big tables: not on a
+        // worker thread that serves requests.
+        let (current, statuses_now) = (table.load_full(), statuses.clone());
+        let next: Table = match tokio::task::spawn_blocking(move || {
+            current.with_statuses(statuses_now)
+        })
+        .await
+        {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(cause = %e, "building the mirror table failed; keeping the old one");
+                continue;
+            }
+        };
         table.store(Arc::new(next));
     }
 }
