@@ -1,1 +1,293 @@
-fn main() {}
+//! The request path, piece by piece, without sockets.
+//!
+//! - `geoip/*`: one lookup, in the shipped flat country database and in
+//!   generated city databases of both schemas;
+//! - `select/N`: selection among N mirrors spread over the globe;
+//! - `lookup+select/100`: both, with the shipped database;
+//! - `handler/*`: `Frontend::handle` from a parsed request to the response,
+//!   and `handler/reference`, the cheapest possible answer (a fixed 302
+//!   built the same way), which the ratios in RESULTS.md divide by.
+//!
+//! `bash benches/report.sh` prints medians and ratios after a run.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use distri_redirector::config::{self, Config, Selection};
+use distri_redirector::frontend::{Frontend, Outcome, respond};
+use distri_redirector::geo::Coord;
+use distri_redirector::geoip::GeoDb;
+use distri_redirector::select::{Client, select};
+use distri_redirector::table::{Status, Table};
+use hyper::Request;
+use hyper::header::HeaderValue;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+const CLIENTS: usize = 1024;
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(0x5eed)
+}
+
+/// Addresses in routed space: every /8 from 1 to 223 except private and
+/// loopback, and IPv6 in 2000::/3.
+fn addresses(n: usize) -> Vec<IpAddr> {
+    let mut r = rng();
+    (0..n)
+        .map(|i| {
+            if i % 4 == 3 {
+                IpAddr::V6(Ipv6Addr::from(
+                    0x2000u128 << 112 | r.random_range(0..1u128 << 109) << 3,
+                ))
+            } else {
+                let mut a = r.random_range(1u32 << 24..224u32 << 24);
+                if [10, 127].contains(&(a >> 24)) {
+                    a += 1 << 24;
+                }
+                IpAddr::V4(Ipv4Addr::from(a))
+            }
+        })
+        .collect()
+}
+
+fn mirrors(n: usize) -> Vec<config::Mirror> {
+    let mut r = rng();
+    (0..n)
+        .map(|i| config::Mirror {
+            name: format!("m{i}"),
+            url: format!("https://m{i}.example.org/distri-mirror/"),
+            // Uniform on the sphere, then clamped to where people live.
+            coord: Coord::new(
+                r.random_range(-1.0f64..1.0)
+                    .asin()
+                    .to_degrees()
+                    .clamp(-56.0, 70.0),
+                r.random_range(-180.0..180.0),
+            )
+            .unwrap(),
+            weight: r.random_range(0.5..4.0),
+            countries: None,
+            ipv6: i % 5 != 0,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct NestedCity {
+    country: NestedCountry,
+    location: NestedLocation,
+    city: Names,
+}
+#[derive(Serialize)]
+struct NestedCountry {
+    iso_code: &'static str,
+    names: std::collections::BTreeMap<&'static str, &'static str>,
+}
+#[derive(Serialize)]
+struct NestedLocation {
+    latitude: f64,
+    longitude: f64,
+    accuracy_radius: u16,
+}
+#[derive(Serialize)]
+struct Names {
+    names: std::collections::BTreeMap<&'static str, &'static str>,
+}
+#[derive(Serialize)]
+struct FlatCity {
+    country_code: &'static str,
+    city: &'static str,
+    latitude: f32,
+    longitude: f32,
+}
+
+/// A city database of 65,536 /24s in both schemas, with records the size of
+/// GeoLite2's (names in several languages).
+fn city_dbs() -> (GeoDb, GeoDb) {
+    let mut nested = mmdb_writer::Writer::new("Bench-City");
+    let mut flat = mmdb_writer::Writer::new("Bench-Flat-City");
+    let mut r = rng();
+    let names: std::collections::BTreeMap<&str, &str> = [
+        ("de", "Deutschland"),
+        ("en", "Germany"),
+        ("fr", "Allemagne"),
+        ("ja", "ドイツ"),
+    ]
+    .into();
+    for i in 0..65_536u32 {
+        let net: ipnet::IpNet =
+            format!("{}.{}.{}.0/24", 1 + (i >> 8) % 200, i & 255, (i * 7) & 255)
+                .parse()
+                .unwrap();
+        let (lat, lon) = (r.random_range(-60.0..70.0), r.random_range(-180.0..180.0));
+        let rec = NestedCity {
+            country: NestedCountry {
+                iso_code: "DE",
+                names: names.clone(),
+            },
+            location: NestedLocation {
+                latitude: lat,
+                longitude: lon,
+                accuracy_radius: 100,
+            },
+            city: Names {
+                names: names.clone(),
+            },
+        };
+        nested.insert(net, &rec).unwrap();
+        flat.insert(
+            net,
+            &FlatCity {
+                country_code: "DE",
+                city: "Berlin",
+                latitude: lat as f32,
+                longitude: lon as f32,
+            },
+        )
+        .unwrap();
+    }
+    (
+        GeoDb::from_bytes(nested.to_bytes().unwrap()).unwrap(),
+        GeoDb::from_bytes(flat.to_bytes().unwrap()).unwrap(),
+    )
+}
+
+fn shipped() -> GeoDb {
+    GeoDb::open(&manifest().join("geoip/geo-whois-asn-country.mmdb")).unwrap()
+}
+
+fn bench_geoip(c: &mut Criterion) {
+    let ips = addresses(CLIENTS);
+    let city_ips: Vec<IpAddr> = (0..CLIENTS as u32)
+        .map(|i| {
+            IpAddr::V4(Ipv4Addr::new(
+                1 + (i % 200) as u8,
+                (i * 13) as u8,
+                (i * 7) as u8,
+                9,
+            ))
+        })
+        .collect();
+    let (nested, flat) = city_dbs();
+    let shipped = shipped();
+    let mut g = c.benchmark_group("geoip");
+    for (name, db, ips) in [
+        ("shipped-flat-country", &shipped, &ips),
+        ("nested-city", &nested, &city_ips),
+        ("flat-city", &flat, &city_ips),
+    ] {
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % CLIENTS;
+                black_box(db.lookup(black_box(ips[i])))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn clients(n: usize) -> Vec<Client> {
+    let mut r = rng();
+    (0..n)
+        .map(|_| Client {
+            coord: Coord::new(
+                r.random_range(-1.0f64..1.0)
+                    .asin()
+                    .to_degrees()
+                    .clamp(-56.0, 70.0),
+                r.random_range(-180.0..180.0),
+            ),
+            country: None,
+            ipv6: r.random_range(0..4) == 0,
+            network: r.random_range(0..u64::MAX),
+        })
+        .collect()
+}
+
+fn bench_select(c: &mut Criterion) {
+    let cs = clients(CLIENTS);
+    let mut g = c.benchmark_group("select");
+    for n in [10, 100, 1_000, 10_000] {
+        let table = Table::from_config(&mirrors(n), Status::assumed_up(), Selection::default());
+        let mut i = 0;
+        g.bench_function(n.to_string(), |b| {
+            b.iter(|| {
+                i = (i + 1) % CLIENTS;
+                black_box(select(&table, black_box(&cs[i])))
+            })
+        });
+    }
+    g.finish();
+
+    let db = shipped();
+    let ips = addresses(CLIENTS);
+    let table = Table::from_config(&mirrors(100), Status::assumed_up(), Selection::default());
+    let mut i = 0;
+    c.bench_function("lookup+select/100", |b| {
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            let ip = black_box(ips[i]);
+            let client = Client::new(ip, &db.lookup(ip));
+            black_box(select(&table, &client))
+        })
+    });
+}
+
+fn bench_handler(c: &mut Criterion) {
+    let path = manifest().join("mirrors.toml");
+    let config = Config::load(&path).unwrap();
+    let config = Config {
+        mirrors: mirrors(100),
+        ..config
+    };
+    let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection).share();
+    let frontend = Frontend::new(&config, table, Arc::new(shipped()));
+    let requests: Vec<Request<()>> = addresses(CLIENTS)
+        .into_iter()
+        .map(|ip| {
+            Request::get("/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs")
+                .header("x-forwarded-for", ip.to_string())
+                .body(())
+                .unwrap()
+        })
+        .collect();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut g = c.benchmark_group("handler");
+    let mut i = 0;
+    g.bench_function("redirect", |b| {
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            black_box(frontend.handle(black_box(&requests[i]), peer))
+        })
+    });
+    let fixed =
+        "https://m1.example.org/distri-mirror/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs";
+    g.bench_function("reference", |b| {
+        b.iter(|| {
+            let location =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(String::from(black_box(fixed))))
+                    .unwrap();
+            black_box(respond(
+                Outcome::Redirect {
+                    location,
+                    mirror: Some(1),
+                },
+                false,
+            ))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_geoip, bench_select, bench_handler);
+criterion_main!(benches);

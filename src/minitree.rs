@@ -84,6 +84,22 @@ impl Tree {
         }
     }
 
+    /// The same files under `prefix/`: many mirrors on one server, each
+    /// with its own base URL.
+    pub fn with_prefix(&self, prefix: &str) -> Tree {
+        let files = self
+            .files
+            .iter()
+            .map(|(k, v)| (format!("{prefix}/{k}"), v.clone()))
+            .collect();
+        Tree { files }
+    }
+
+    /// Adds every file of `other`.
+    pub fn merge(&mut self, other: Tree) {
+        self.files.extend(other.files);
+    }
+
     pub fn insert(&mut self, path: &str, body: impl Into<Bytes>) {
         self.files.insert(path.to_string(), body.into());
     }

@@ -34,11 +34,16 @@ pub struct Prober {
 /// Starts probing the origin and every mirror of `config`, publishing status
 /// changes into `table`. The first round starts at once.
 pub fn spawn(config: &Config, table: SharedTable) -> Prober {
+    let mut tasks = JoinSet::new();
+    if config.mirrors.is_empty() {
+        // Nothing to verify: the origin serves everything, unprobed.
+        tracing::info!("no mirrors configured: every request goes to the origin");
+        return Prober { _tasks: tasks };
+    }
     let http = check::client(config.probe.timeout);
     let (origin_tx, origin_rx) = watch::channel(None);
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let permits = Arc::new(Semaphore::new(config.probe.concurrency));
-    let mut tasks = JoinSet::new();
     tasks.spawn(follow_origin(http.clone(), config.clone(), origin_tx));
     for (id, m) in config.mirrors.iter().enumerate() {
         let probe = MirrorProbe {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Load benchmark: the redirector against nginx's static `return 302`, the
+# cheapest redirect this machine can serve, with the same wrk settings,
+# alternating. Prints requests/s and latency percentiles of both and the
+# ratios, then the redirector's resident memory.
+#
+#   bash benches/load.sh                 # 3 rounds of 10 s per mode
+#   ROUNDS=5 DURATION=20s bash benches/load.sh
+#   SOAK=300 bash benches/load.sh        # then 300 s of load, RSS every 30 s
+#
+# Everything runs on loopback. Installs wrk and nginx-light if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+SOAK=${SOAK:-0}
+FIXTURE=127.0.0.1:18180
+REDIRECTOR=127.0.0.1:18181
+NGINX=127.0.0.1:18182
+
+need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx-light
+
+cargo build --release -q --example bench_fixture --bin distri-redirector
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+target/release/examples/bench_fixture --mirrors 50 --out "$work/mirrors.toml" --listen "$REDIRECTOR" --interval 10s 2>"$work/fixture.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
+target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
+redirector_pid=$!
+pids+=($redirector_pid)
+# Serve only once all 50 mirrors are verified, so every request is a real choice.
+for _ in $(seq 300); do [ "$(grep -c 'to=up' "$work/redirector.log" || true)" -ge 50 ] && break; sleep 0.1; done
+echo "redirector: $(grep -c 'to=up' "$work/redirector.log") of 50 mirrors eligible"
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  server {
+    listen $NGINX;
+    location / { return 302 https://m1.example.org/distri-mirror\$request_uri; }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+pids+=($!)
+for _ in $(seq 50); do curl -s -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
+
+# One wrk run: prints "rps p50_ms p99_ms".
+run() { # target close
+  WRK_CLOSE=$2 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "http://$1" 2>/dev/null | awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
+    END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores"
+for mode in keepalive close; do
+  close=0; [ "$mode" = close ] && close=1
+  : > "$work/n.$mode"; : > "$work/r.$mode"
+  for r in $(seq "$ROUNDS"); do
+    n=$(run "$NGINX" $close); d=$(run "$REDIRECTOR" $close)
+    echo "  $mode round $r: nginx $n | redirector $d"
+    echo "$n" >> "$work/n.$mode"; echo "$d" >> "$work/r.$mode"
+  done
+  for f in n r; do
+    for col in 1 2 3; do cut -d' ' -f$col "$work/$f.$mode" | median > "$work/$f.$mode.$col"; done
+  done
+  printf '%-10s nginx %8s req/s p50 %6s ms p99 %6s ms | redirector %8s req/s p50 %6s ms p99 %6s ms\n' "$mode" \
+    "$(cat "$work/n.$mode.1")" "$(cat "$work/n.$mode.2")" "$(cat "$work/n.$mode.3")" \
+    "$(cat "$work/r.$mode.1")" "$(cat "$work/r.$mode.2")" "$(cat "$work/r.$mode.3")"
+  awk -v m="$mode" -v nr="$(cat "$work/n.$mode.1")" -v rr="$(cat "$work/r.$mode.1")" \
+      -v n99="$(cat "$work/n.$mode.3")" -v r99="$(cat "$work/r.$mode.3")" \
+    'BEGIN { printf "%-10s ratio redirector/nginx: throughput %.2fx, p99 latency %.2fx\n", m, rr / nr, r99 / n99 }'
+done
+
+rss() { awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status"; }
+echo "redirector resident memory after the runs: $(rss)"
+if [ "$SOAK" -gt 0 ]; then
+  echo "soak: $SOAK s of keep-alive load, RSS every 30 s"
+  for t in $(seq 30 30 "$SOAK"); do
+    wrk -t1 -c"$CONNS" -d30s -s benches/xff.lua "http://$REDIRECTOR" >/dev/null 2>&1
+    echo "  t=${t}s rss $(rss)"
+  done
+fi

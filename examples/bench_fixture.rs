@@ -1,0 +1,117 @@
+//! Load-benchmark fixture: a miniature origin and N mirrors (one loopback
+//! server, one path prefix per mirror), and a `mirrors.toml` for the real
+//! redirector to serve them. Used by `benches/load.sh` and
+//! `benches/probe-cost.sh`; runs until killed.
+//!
+//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s]`
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use distri_redirector::minitree::{MiniServer, Tree};
+
+/// Where mirrors stand: cities on every inhabited continent.
+const CITIES: &[(f64, f64)] = &[
+    (50.11, 8.68),
+    (52.37, 4.90),
+    (51.51, -0.13),
+    (48.86, 2.35),
+    (59.33, 18.07),
+    (60.17, 24.94),
+    (52.23, 21.01),
+    (41.90, 12.50),
+    (40.42, -3.70),
+    (47.37, 8.54),
+    (50.08, 14.44),
+    (55.68, 12.57),
+    (53.35, -6.26),
+    (38.72, -9.14),
+    (37.98, 23.73),
+    (44.43, 26.10),
+    (40.71, -74.01),
+    (37.77, -122.42),
+    (41.88, -87.63),
+    (47.61, -122.33),
+    (32.78, -96.80),
+    (33.75, -84.39),
+    (43.65, -79.38),
+    (45.50, -73.57),
+    (19.43, -99.13),
+    (-23.55, -46.63),
+    (-34.60, -58.38),
+    (-33.45, -70.67),
+    (4.71, -74.07),
+    (-12.05, -77.04),
+    (35.68, 139.69),
+    (34.69, 135.50),
+    (37.57, 126.98),
+    (22.32, 114.17),
+    (25.03, 121.57),
+    (1.35, 103.82),
+    (13.76, 100.50),
+    (19.08, 72.88),
+    (12.97, 77.59),
+    (28.61, 77.21),
+    (-33.87, 151.21),
+    (-37.81, 144.96),
+    (-36.85, 174.76),
+    (-31.95, 115.86),
+    (-26.20, 28.05),
+    (-33.92, 18.42),
+    (6.52, 3.38),
+    (-1.29, 36.82),
+    (30.04, 31.24),
+    (25.20, 55.27),
+];
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = arg(&args, "--mirrors")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let out = PathBuf::from(arg(&args, "--out").expect("--out FILE"));
+    let listen = arg(&args, "--listen").unwrap_or_else(|| "127.0.0.1:18080".into());
+    let interval = arg(&args, "--interval").unwrap_or_else(|| "10s".into());
+    let releases = ["supersilverhaze", "jackherer"];
+    let origin_tree = Tree::generate(&releases, 40);
+    let mut all = origin_tree.with_prefix("origin");
+    for i in 0..n {
+        all.merge(origin_tree.with_prefix(&format!("m{i}")));
+    }
+    let server = MiniServer::start(all).await?;
+    let base = server.url();
+    let db = std::fs::canonicalize("geoip/geo-whois-asn-country.mmdb")?;
+    let mut toml = format!(
+        "listen = [\"{listen}\"]\norigin = \"{base}origin/\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\n\
+         geoip = \"{}\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
+         [server]\nmax_connections = 20000\n",
+        db.display()
+    );
+    for i in 0..n {
+        let (lat, lon) = CITIES[i % CITIES.len()];
+        // Mirrors past the fiftieth stand a little apart from their city.
+        let jitter = (i / CITIES.len()) as f64 * 0.01;
+        writeln!(
+            toml,
+            "\n[[mirror]]\nname = \"m{i}\"\nurl = \"{base}m{i}/\"\nlat = {}\nlon = {}",
+            lat + jitter,
+            lon + jitter
+        )
+        .expect("writing to a String");
+    }
+    std::fs::write(&out, toml)?;
+    eprintln!(
+        "fixture: {n} mirrors behind {base}, config in {}",
+        out.display()
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! The server loop: the connection cap and graceful shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Reads one response head (the healthz body is tiny and comes with it).
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut buf = vec![0; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let opts = Options {
+        extra: "[server]\nmax_connections = 1\n",
+        ..Options::default()
+    };
+    let f = Fixture::start(vec![spec("m", 50.0, 8.0)], opts).await;
+    let mut first = TcpStream::connect(f.addr()).await.unwrap();
+    first.write_all(REQUEST).await.unwrap();
+    assert!(read_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    // The first connection stays open: the second is accepted by the kernel
+    // but not served.
+    let mut second = TcpStream::connect(f.addr()).await.unwrap();
+    second.write_all(REQUEST).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), read_answer(&mut second)).await;
+    assert!(early.is_err(), "served over the cap: {early:?}");
+
+    drop(first);
+    let late = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut second)).await;
+    assert!(
+        late.expect("served once the slot is free")
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[tokio::test]
+async fn stop_closes_idle_connections_and_the_port() {
+    let mut f = Fixture::start(vec![spec("m", 50.0, 8.0)], Options::default()).await;
+    let addr = f.addr();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(REQUEST).await.unwrap();
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
+    tokio::time::timeout(Duration::from_secs(5), f.service.take().unwrap().stop())
+        .await
+        .expect("an idle keep-alive connection does not hold up shutdown");
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).await.unwrap(),
+        0,
+        "closed by the server"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+}
