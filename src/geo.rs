@@ -97,6 +97,42 @@ impl Coord {
     }
 }
 
+/// A point as a unit vector: great-circle comparisons become dot products.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnitVec([f64; 3]);
+
+impl Coord {
+    pub fn unit(self) -> UnitVec {
+        let (sin_lat, cos_lat) = self.lat.to_radians().sin_cos();
+        let (sin_lon, cos_lon) = self.lon.to_radians().sin_cos();
+        UnitVec([cos_lat * cos_lon, cos_lat * sin_lon, sin_lat])
+    }
+}
+
+impl UnitVec {
+    /// The cosine of the angle between two points: larger is nearer.
+    #[inline]
+    pub fn dot(self, o: UnitVec) -> f64 {
+        self.0[0] * o.0[0] + self.0[1] * o.0[1] + self.0[2] * o.0[2]
+    }
+}
+
+/// Great-circle distance in kilometres for a dot product of unit vectors.
+pub fn km_from_dot(dot: f64) -> f64 {
+    EARTH_RADIUS_KM * dot.clamp(-1.0, 1.0).acos()
+}
+
+/// The dot product at which points are `km` apart; points nearer than `km`
+/// have a larger one. Anything past the antipode is everything.
+pub fn dot_from_km(km: f64) -> f64 {
+    let angle = km / EARTH_RADIUS_KM;
+    if angle >= std::f64::consts::PI {
+        f64::NEG_INFINITY
+    } else {
+        angle.cos()
+    }
+}
+
 /// Country centroids indexed by code.
 pub struct Centroids {
     by_index: Box<[Option<Coord>; 26 * 26]>,
@@ -182,6 +218,19 @@ mod tests {
         let antipode = Coord::new(-50.11, 8.68 - 180.0).unwrap();
         let half = frankfurt.distance_km(antipode);
         assert!((half - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1.0);
+    }
+
+    #[test]
+    fn dot_products_agree_with_haversine() {
+        let frankfurt = Coord::new(50.11, 8.68).unwrap();
+        for (lat, lon) in [(40.71, -74.01), (50.2, 8.7), (-33.87, 151.21), (0.0, 0.0)] {
+            let other = Coord::new(lat, lon).unwrap();
+            let h = frankfurt.distance_km(other);
+            let d = km_from_dot(frankfurt.unit().dot(other.unit()));
+            assert!((h - d).abs() < 0.01, "{h} vs {d}");
+            assert!((dot_from_km(h) - frankfurt.unit().dot(other.unit())).abs() < 1e-9);
+        }
+        assert_eq!(dot_from_km(30_000.0), f64::NEG_INFINITY);
     }
 
     #[test]

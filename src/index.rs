@@ -1,32 +1,60 @@
 //! A spatial index of eligible mirrors, built once per published table so
-//! that selection looks at a handful of mirrors, not all of them.
+//! that selection reads a few contiguous entries instead of every mirror.
 //!
-//! The globe is cut into cells of `CELL_DEG` degrees. For each cell the
-//! index keeps every unrestricted eligible mirror that can be in the band of
-//! *some* point of the cell. With `c` the cell's centre and `r` the farthest
-//! any point of the cell is from `c`, for any client `x` in the cell and any
-//! mirror `m`, `d(c,m) - r <= d(x,m) <= d(c,m) + r`. So the nearest mirror of
-//! `x` is at most `U = min over m of d(c,m) + r`, the band of `x` reaches at
-//! most `band_limit(U)`, and a mirror with `d(c,m) - r > band_limit(U)` is
-//! in no band of the cell. Mirrors restricted to some countries are kept per
-//! country instead: their candidacy depends on the client's country, and a
-//! nearer restricted mirror only narrows a band.
+//! The globe is cut into cells of `CELL_DEG` degrees. With `c` a cell's
+//! centre and `r` the farthest any point of the cell is from `c`, for any
+//! client `x` in the cell and mirror `m`:
+//! `d(c,m) - r <= d(x,m) <= d(c,m) + r`. So the nearest mirror of `x` is at
+//! most `U = min over m of d(c,m) + r` away, the band of `x` reaches at most
+//! `band_limit(U)`, and a mirror with `d(c,m) - r > band_limit(U)` is in no
+//! band of the cell: the cell keeps the others, sorted by `d(c,m)`, so a
+//! search can also stop as soon as `d(c,m) - r` passes what it looks for.
+//! Mirrors restricted to some countries are kept per country instead: their
+//! candidacy depends on the client's country, and a nearer restricted mirror
+//! only narrows a band.
 
 use crate::config::Selection;
-use crate::geo::{Coord, Country};
-use crate::select::band_limit;
+use crate::geo::{Coord, Country, UnitVec, dot_from_km, km_from_dot};
+use crate::select::{UNPLACED_SLOTS, band_limit, rendezvous, slot_key};
 use crate::table::{Mirror, MirrorId};
 
-const CELL_DEG: f64 = 5.0;
+const CELL_DEG: f64 = 2.0;
 const ROWS: usize = (180.0 / CELL_DEG) as usize;
 const COLS: usize = (360.0 / CELL_DEG) as usize;
+
+/// What selection reads of a candidate, stored inline in its cell.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub at: UnitVec,
+    /// Distance from the cell's centre in km (0 in per-country lists).
+    pub from_centre: f64,
+    pub weight: f64,
+    pub seed: u64,
+    pub id: u32,
+    pub ipv6: bool,
+}
+
+impl Entry {
+    fn new(id: MirrorId, m: &Mirror, from_centre: f64) -> Entry {
+        Entry {
+            at: m.coord.unit(),
+            from_centre,
+            weight: m.weight,
+            seed: m.seed,
+            id: id as u32,
+            ipv6: m.ipv6,
+        }
+    }
+}
 
 /// Candidate lists per cell, in one flat array.
 #[derive(Debug, Default)]
 pub struct Grid {
-    /// `ids[offsets[i]..offsets[i + 1]]` are cell `i`'s candidates.
+    /// `entries[offsets[i]..offsets[i + 1]]` are cell `i`'s candidates.
     offsets: Vec<u32>,
-    ids: Vec<MirrorId>,
+    entries: Vec<Entry>,
+    /// The radius of the cells of each row, in km.
+    radius: Vec<f64>,
 }
 
 impl Grid {
@@ -35,52 +63,63 @@ impl Grid {
         if members.is_empty() {
             return Grid::default();
         }
+        let at: Vec<UnitVec> = members.iter().map(|&id| mirrors[id].coord.unit()).collect();
         let mut offsets = Vec::with_capacity(ROWS * COLS + 1);
-        let mut ids = Vec::new();
-        let mut dist = vec![0.0; members.len()];
+        let mut entries = Vec::new();
+        let mut dots = vec![0.0; members.len()];
+        let radius: Vec<f64> = (0..ROWS).map(row_radius).collect();
         offsets.push(0);
-        for row in 0..ROWS {
+        for (row, &r) in radius.iter().enumerate() {
             for col in 0..COLS {
-                let (centre, r) = cell_geometry(row, col);
-                for (d, &id) in dist.iter_mut().zip(members) {
-                    *d = centre.distance_km(mirrors[id].coord);
+                let centre = cell_centre(row, col).unit();
+                for (d, a) in dots.iter_mut().zip(&at) {
+                    *d = centre.dot(*a);
                 }
-                let reach = band_limit(dist.iter().fold(f64::INFINITY, |u, d| u.min(d + r)), band);
-                ids.extend(
-                    members
-                        .iter()
-                        .zip(&dist)
-                        .filter(|(_, d)| *d - r <= reach)
-                        .map(|(&id, _)| id),
-                );
-                offsets.push(ids.len() as u32);
+                let nearest = km_from_dot(dots.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                let keep = dot_from_km(band_limit(nearest + r, band) + r);
+                let start = entries.len();
+                for (i, &d) in dots.iter().enumerate().filter(|(_, d)| **d >= keep) {
+                    entries.push(Entry::new(members[i], &mirrors[members[i]], km_from_dot(d)));
+                }
+                entries[start..].sort_by(|a, b| a.from_centre.total_cmp(&b.from_centre));
+                offsets.push(entries.len() as u32);
             }
         }
-        Grid { offsets, ids }
+        Grid {
+            offsets,
+            entries,
+            radius,
+        }
     }
 
-    /// Candidates for a client at `at`.
-    pub fn cell(&self, at: Coord) -> &[MirrorId] {
+    /// Candidates for a client at `at`, nearest the cell's centre first, and
+    /// the cell's radius.
+    #[inline]
+    pub fn cell(&self, at: Coord) -> (&[Entry], f64) {
         if self.offsets.is_empty() {
-            return &[];
+            return (&[], 0.0);
         }
         let row = (((at.lat + 90.0) / CELL_DEG) as usize).min(ROWS - 1);
         let col = (((at.lon + 180.0) / CELL_DEG) as usize).min(COLS - 1);
         let i = row * COLS + col;
-        &self.ids[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+        let cell = &self.entries[self.offsets[i] as usize..self.offsets[i + 1] as usize];
+        (cell, self.radius[row])
     }
 }
 
-/// A cell's centre and an upper bound of the distance from it to any point
-/// of the cell (the farthest of its corners and edge midpoints, with a
-/// margin for rounding).
-fn cell_geometry(row: usize, col: usize) -> (Coord, f64) {
-    let lat0 = -90.0 + row as f64 * CELL_DEG;
-    let lon0 = -180.0 + col as f64 * CELL_DEG;
-    let centre = Coord {
-        lat: lat0 + CELL_DEG / 2.0,
-        lon: lon0 + CELL_DEG / 2.0,
-    };
+fn cell_centre(row: usize, col: usize) -> Coord {
+    Coord {
+        lat: -90.0 + (row as f64 + 0.5) * CELL_DEG,
+        lon: -180.0 + (col as f64 + 0.5) * CELL_DEG,
+    }
+}
+
+/// An upper bound of the distance from a cell's centre to any point of the
+/// cell, for the cells of `row`: the farthest of its corners and edge
+/// midpoints, with a margin for rounding.
+fn row_radius(row: usize) -> f64 {
+    let centre = cell_centre(row, 0);
+    let (lat0, lon0) = (centre.lat - CELL_DEG / 2.0, centre.lon - CELL_DEG / 2.0);
     let mut r: f64 = 0.0;
     for dlat in [0.0, 0.5, 1.0] {
         for dlon in [0.0, 0.5, 1.0] {
@@ -91,7 +130,7 @@ fn cell_geometry(row: usize, col: usize) -> (Coord, f64) {
             r = r.max(centre.distance_km(p));
         }
     }
-    (centre, r * 1.01 + 1.0)
+    r * 1.01 + 1.0
 }
 
 /// Everything selection needs precomputed for one table.
@@ -102,7 +141,11 @@ pub struct Index {
     /// Unrestricted eligible mirrors that serve IPv6.
     pub v6: Grid,
     /// Eligible mirrors restricted to some countries, by country.
-    by_country: Vec<Vec<MirrorId>>,
+    by_country: Vec<Vec<Entry>>,
+    /// The choice for clients without coordinates, by key slot: among the
+    /// unrestricted, and among the unrestricted that serve IPv6.
+    unplaced: Vec<u32>,
+    unplaced_v6: Vec<u32>,
 }
 
 impl Index {
@@ -116,21 +159,54 @@ impl Index {
         let mut by_country = vec![Vec::new(); Country::SLOTS];
         for &i in eligible {
             for c in mirrors[i].countries.iter().flat_map(|cs| cs.iter()) {
-                by_country[c.slot()].push(i);
+                by_country[c.slot()].push(Entry::new(i, &mirrors[i], 0.0));
             }
         }
         Index {
             all: Grid::build(mirrors, &open, band),
             v6: Grid::build(mirrors, &open_v6, band),
             by_country,
+            unplaced: unplaced(mirrors, &open),
+            unplaced_v6: unplaced(mirrors, &open_v6),
         }
     }
 
+    /// The precomputed choice for a client without coordinates.
+    #[inline]
+    pub fn unplaced(&self, slot: usize, need_v6: bool) -> Option<MirrorId> {
+        let slots = if need_v6 {
+            &self.unplaced_v6
+        } else {
+            &self.unplaced
+        };
+        slots.get(slot).map(|&id| id as MirrorId)
+    }
+
     /// Eligible mirrors restricted to a set of countries that includes `c`.
-    pub fn restricted(&self, c: Option<Country>) -> &[MirrorId] {
+    #[inline]
+    pub fn restricted(&self, c: Option<Country>) -> &[Entry] {
         match c {
             Some(c) => self.by_country.get(c.slot()).map_or(&[], Vec::as_slice),
             None => &[],
         }
     }
+}
+
+/// Rendezvous winners for every key slot, or nothing without members.
+fn unplaced(mirrors: &[Mirror], members: &[MirrorId]) -> Vec<u32> {
+    if members.is_empty() {
+        return Vec::new();
+    }
+    (0..UNPLACED_SLOTS)
+        .filter_map(|slot| {
+            let key = slot_key(slot);
+            rendezvous(
+                members
+                    .iter()
+                    .map(|&id| (id, mirrors[id].weight, mirrors[id].seed)),
+                key,
+            )
+        })
+        .map(|id| id as u32)
+        .collect()
 }
