@@ -7,8 +7,9 @@
 //! `d(c,m) - r <= d(x,m) <= d(c,m) + r`. So the nearest mirror of `x` is at
 //! most `U = min over m of d(c,m) + r` away, the band of `x` reaches at most
 //! `band_limit(U)`, and a mirror with `d(c,m) - r > band_limit(U)` is in no
-//! band of the cell: the cell keeps the others, sorted by `d(c,m)`, so a
-//! search can also stop as soon as `d(c,m) - r` passes what it looks for.
+//! band of the cell: the cell keeps the others, sorted by `d(c,m) - r`, the
+//! nearest each can be, so a search stops as soon as that passes what it
+//! looks for (compared as dot products: no trigonometry per entry).
 //! Mirrors restricted to some countries are kept per country instead: their
 //! candidacy depends on the client's country, and a nearer restricted mirror
 //! only narrows a band.
@@ -26,20 +27,23 @@ const COLS: usize = (360.0 / CELL_DEG) as usize;
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     pub at: UnitVec,
-    /// Distance from the cell's centre in km (0 in per-country lists).
-    pub from_centre: f64,
-    pub weight: f64,
+    /// The largest dot product any point of the cell can have with this
+    /// mirror (its nearest possible distance, `d(c,m) - r`, as a dot
+    /// product); cells hold entries in decreasing order of it. 1 in
+    /// per-country lists.
+    pub max_dot: f64,
+    pub inv_weight: f64,
     pub seed: u64,
     pub id: u32,
     pub ipv6: bool,
 }
 
 impl Entry {
-    fn new(id: MirrorId, m: &Mirror, from_centre: f64) -> Entry {
+    fn new(id: MirrorId, m: &Mirror, max_dot: f64) -> Entry {
         Entry {
             at: m.coord.unit(),
-            from_centre,
-            weight: m.weight,
+            max_dot,
+            inv_weight: m.inv_weight,
             seed: m.seed,
             id: id as u32,
             ipv6: m.ipv6,
@@ -53,8 +57,6 @@ pub struct Grid {
     /// `entries[offsets[i]..offsets[i + 1]]` are cell `i`'s candidates.
     offsets: Vec<u32>,
     entries: Vec<Entry>,
-    /// The radius of the cells of each row, in km.
-    radius: Vec<f64>,
 }
 
 impl Grid {
@@ -79,31 +81,30 @@ impl Grid {
                 let keep = dot_from_km(band_limit(nearest + r, band) + r);
                 let start = entries.len();
                 for (i, &d) in dots.iter().enumerate().filter(|(_, d)| **d >= keep) {
-                    entries.push(Entry::new(members[i], &mirrors[members[i]], km_from_dot(d)));
+                    let nearest_possible = (km_from_dot(d) - r).max(0.0);
+                    entries.push(Entry::new(
+                        members[i],
+                        &mirrors[members[i]],
+                        dot_from_km(nearest_possible),
+                    ));
                 }
-                entries[start..].sort_by(|a, b| a.from_centre.total_cmp(&b.from_centre));
+                entries[start..].sort_by(|a, b| b.max_dot.total_cmp(&a.max_dot));
                 offsets.push(entries.len() as u32);
             }
         }
-        Grid {
-            offsets,
-            entries,
-            radius,
-        }
+        Grid { offsets, entries }
     }
 
-    /// Candidates for a client at `at`, nearest the cell's centre first, and
-    /// the cell's radius.
+    /// Candidates for a client at `at`, those that can be nearest first.
     #[inline]
-    pub fn cell(&self, at: Coord) -> (&[Entry], f64) {
+    pub fn cell(&self, at: Coord) -> &[Entry] {
         if self.offsets.is_empty() {
-            return (&[], 0.0);
+            return &[];
         }
         let row = (((at.lat + 90.0) / CELL_DEG) as usize).min(ROWS - 1);
         let col = (((at.lon + 180.0) / CELL_DEG) as usize).min(COLS - 1);
         let i = row * COLS + col;
-        let cell = &self.entries[self.offsets[i] as usize..self.offsets[i + 1] as usize];
-        (cell, self.radius[row])
+        &self.entries[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
 }
 
@@ -159,7 +160,7 @@ impl Index {
         let mut by_country = vec![Vec::new(); Country::SLOTS];
         for &i in eligible {
             for c in mirrors[i].countries.iter().flat_map(|cs| cs.iter()) {
-                by_country[c.slot()].push(Entry::new(i, &mirrors[i], 0.0));
+                by_country[c.slot()].push(Entry::new(i, &mirrors[i], 1.0));
             }
         }
         Index {
@@ -203,7 +204,7 @@ fn unplaced(mirrors: &[Mirror], members: &[MirrorId]) -> Vec<u32> {
             rendezvous(
                 members
                     .iter()
-                    .map(|&id| (id, mirrors[id].weight, mirrors[id].seed)),
+                    .map(|&id| (id, mirrors[id].inv_weight, mirrors[id].seed)),
                 key,
             )
         })

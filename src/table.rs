@@ -84,6 +84,8 @@ pub struct Mirror {
     pub base: Arc<str>,
     pub coord: Coord,
     pub weight: f64,
+    /// `1 / weight`, which selection multiplies by.
+    pub inv_weight: f64,
     pub countries: Option<Arc<[Country]>>,
     pub ipv6: bool,
     /// Rendezvous-hash seed derived from the name, so a mirror keeps its
@@ -99,6 +101,7 @@ impl Mirror {
             base: Arc::from(m.url.as_str()),
             coord: m.coord,
             weight: m.weight,
+            inv_weight: 1.0 / m.weight,
             countries: m.countries.as_deref().map(Arc::from),
             ipv6: m.ipv6,
             seed: name_seed(&m.name),
