@@ -1,5 +1,6 @@
 //! The command line: parses arguments, sets up logging, calls the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,6 +63,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in files and journals.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let command = Cli::parse().command.unwrap_or(Command::Serve(ConfigArg {
         config: PathBuf::from("mirrors.toml"),
