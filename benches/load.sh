@@ -7,6 +7,7 @@
 #   bash benches/load.sh                 # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s bash benches/load.sh
 #   SOAK=300 bash benches/load.sh        # then 300 s of load, RSS every 30 s
+#   WORKERS=1 bash benches/load.sh       # one serving thread each (default 2)
 #
 # Everything runs on loopback. Installs wrk and nginx-light if missing.
 set -euo pipefail
@@ -15,6 +16,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 SOAK=${SOAK:-0}
+WORKERS=${WORKERS:-2}  # serving threads of both: nginx worker_processes, redirector [server] workers
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
 NGINX=127.0.0.1:18182
@@ -29,7 +31,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-target/release/examples/bench_fixture --mirrors 50 --out "$work/mirrors.toml" --listen "$REDIRECTOR" --interval 10s 2>"$work/fixture.log" &
+target/release/examples/bench_fixture --mirrors 50 --out "$work/mirrors.toml" --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" 2>"$work/fixture.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
 target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
@@ -41,7 +43,7 @@ echo "redirector: $(grep -c 'to=up' "$work/redirector.log") of 50 mirrors eligib
 
 mkdir -p "$work/nginx"
 cat > "$work/nginx.conf" <<NGINX
-worker_processes 2;
+worker_processes $WORKERS;
 pid $work/nginx.pid;
 error_log $work/nginx/error.log;
 events { worker_connections 4096; }
@@ -69,7 +71,7 @@ run() { # target close
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores"
+echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS"
 for mode in keepalive close; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"

@@ -3,7 +3,7 @@
 //! redirector to serve them. Used by `benches/load.sh` and
 //! `benches/probe-cost.sh`; runs until killed.
 //!
-//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s]`
+//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N]`
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -80,6 +80,7 @@ async fn main() -> std::io::Result<()> {
     let out = PathBuf::from(arg(&args, "--out").expect("--out FILE"));
     let listen = arg(&args, "--listen").unwrap_or_else(|| "127.0.0.1:18080".into());
     let interval = arg(&args, "--interval").unwrap_or_else(|| "10s".into());
+    let workers = arg(&args, "--workers").map_or(String::new(), |w| format!("workers = {w}\n"));
     let releases = ["supersilverhaze", "jackherer"];
     let origin_tree = Tree::generate(&releases, 40);
     let mut all = origin_tree.with_prefix("origin");
@@ -92,7 +93,7 @@ async fn main() -> std::io::Result<()> {
     let mut toml = format!(
         "listen = [\"{listen}\"]\norigin = \"{base}origin/\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\n\
          geoip = \"{}\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
-         [server]\nmax_connections = 20000\n",
+         [server]\nmax_connections = 20000\n{workers}",
         db.display()
     );
     for i in 0..n {

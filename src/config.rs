@@ -84,6 +84,8 @@ pub struct Server {
     pub max_connections: usize,
     /// Time a client has to send its request headers (slow-loris guard).
     pub header_timeout: Duration,
+    /// Serving threads, each with its own listening sockets.
+    pub workers: usize,
 }
 
 impl Default for Server {
@@ -91,6 +93,7 @@ impl Default for Server {
         Server {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
         }
     }
 }
@@ -172,6 +175,7 @@ struct RawProbe {
 struct RawServer {
     max_connections: Option<Spanned<i64>>,
     header_timeout: Option<Spanned<String>>,
+    workers: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +504,7 @@ fn server(src: &Src, raw: RawServer) -> Result<Server, ConfigError> {
             raw.header_timeout,
             d.header_timeout,
         )?,
+        workers: count(src, "server.workers", raw.workers, d.workers, 1..257)?,
     })
 }
 

@@ -110,8 +110,12 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The main thread's runtime: the prober and the commands. Requests are
+/// served by the service's own worker threads.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

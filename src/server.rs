@@ -1,6 +1,12 @@
 //! The server loop: accept on every listener, cap the connections served at
 //! once, serve HTTP/1.1 and HTTP/2 (h2c) through the front-end, and shut
 //! down gracefully.
+//!
+//! The service runs one such loop per worker thread, each on a
+//! single-threaded runtime with listening sockets of its own (SO_REUSEPORT),
+//! like nginx's worker processes: the kernel spreads connections over the
+//! workers, a connection stays on the thread that accepted it, and no
+//! request wakes another thread (benches/RESULTS.md has the measurements).
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -14,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -23,24 +30,49 @@ use crate::frontend::Frontend;
 /// How long connections get to finish their requests after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Binds every address; fails on the first that cannot be bound, naming it.
-pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut out = Vec::with_capacity(addrs.len());
-    for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
-        out.push(l);
+/// Binds every address once per worker, with SO_REUSEPORT; fails on the
+/// first that cannot be bound, naming it. Port 0 is resolved by the first
+/// socket, and the other workers bind the port it got.
+pub fn bind_workers(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut shards: Vec<Vec<std::net::TcpListener>> =
+        (0..workers.max(1)).map(|_| Vec::new()).collect();
+    for &a in addrs {
+        let first = reuseport_listener(a)?;
+        let bound = first.local_addr()?;
+        shards[0].push(first);
+        for shard in shards.iter_mut().skip(1) {
+            shard.push(reuseport_listener(bound)?);
+        }
     }
-    Ok(out)
+    Ok(shards)
+}
+
+fn reuseport_listener(a: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+    let s =
+        Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP)).map_err(named)?;
+    s.set_reuse_address(true).map_err(named)?;
+    s.set_reuse_port(true).map_err(named)?;
+    if a.is_ipv6() {
+        // "[::]" serves IPv4 too, whatever the system default.
+        s.set_only_v6(false).map_err(named)?;
+    }
+    s.bind(&a.into()).map_err(named)?;
+    s.listen(1024).map_err(named)?;
+    s.set_nonblocking(true).map_err(named)?;
+    Ok(s.into())
 }
 
 /// Serves until `shutdown` completes, then lets open connections finish
-/// (for at most ten seconds).
+/// (for at most ten seconds). `permits` caps the connections served at once.
 pub async fn run(
     listeners: Vec<TcpListener>,
     frontend: Arc<Frontend>,
     limits: config::Server,
+    permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -49,15 +81,11 @@ pub async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     // A cap on connections is a cap on memory; an owned permit travels with
-    // each connection task and frees its slot when the task ends.
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // each connection task and frees its slot when the task ends. Workers
+    // share one semaphore, so the cap is for the whole service.
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = accept_any(&listeners) => match r {
                 Ok(accepted) => accepted,
@@ -66,6 +94,14 @@ pub async fn run(
                     continue;
                 }
             },
+            () = &mut shutdown => break,
+        };
+        // Accept first, then wait for a slot: a worker that waited for a slot
+        // before accepting could hold a freed slot while the waiting
+        // connection sits in another worker's backlog. So at the cap, each
+        // worker holds at most one accepted connection it does not serve yet.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
