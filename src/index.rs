@@ -1,5 +1,5 @@
 //! A spatial index of eligible mirrors, built once per published table so
-//! that selection reads a few contiguous entries instead of every mirror.
+//! that selection reads a few cell slots instead of every mirror.
 //!
 //! The globe is cut into cells of `CELL_DEG` degrees. With `c` a cell's
 //! centre and `r` the farthest any point of the cell is from `c`, for any
@@ -23,88 +23,86 @@ const CELL_DEG: f64 = 2.0;
 const ROWS: usize = (180.0 / CELL_DEG) as usize;
 const COLS: usize = (360.0 / CELL_DEG) as usize;
 
-/// What selection reads of a candidate, stored inline in its cell.
+/// What selection reads of an eligible mirror, in one compact array.
 #[derive(Clone, Copy, Debug)]
-pub struct Entry {
+pub struct Point {
     pub at: UnitVec,
-    /// The largest dot product any point of the cell can have with this
-    /// mirror (its nearest possible distance, `d(c,m) - r`, as a dot
-    /// product); cells hold entries in decreasing order of it. 1 in
-    /// per-country lists.
-    pub max_dot: f64,
     pub inv_weight: f64,
     pub seed: u64,
     pub id: u32,
     pub ipv6: bool,
 }
 
-impl Entry {
-    fn new(id: MirrorId, m: &Mirror, max_dot: f64) -> Entry {
-        Entry {
-            at: m.coord.unit(),
-            max_dot,
-            inv_weight: m.inv_weight,
-            seed: m.seed,
-            id: id as u32,
-            ipv6: m.ipv6,
-        }
-    }
+/// A candidate in a cell: which point, and the largest dot product any
+/// point of the cell can have with it (its nearest possible distance,
+/// `d(c,m) - r`, as a dot product, rounded up). Cells hold slots in
+/// decreasing order of it. Eight bytes, so that cells far from every mirror,
+/// whose bands are wide, stay small.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub point: u32,
+    pub max_dot: f32,
+}
+
+/// `x` as an `f32` no smaller than it.
+fn f32_up(x: f64) -> f32 {
+    let f = x as f32;
+    if (f as f64) < x { f.next_up() } else { f }
 }
 
 /// Candidate lists per cell, in one flat array.
 #[derive(Debug, Default)]
 pub struct Grid {
-    /// `entries[offsets[i]..offsets[i + 1]]` are cell `i`'s candidates.
+    /// `slots[offsets[i]..offsets[i + 1]]` are cell `i`'s candidates.
     offsets: Vec<u32>,
-    entries: Vec<Entry>,
+    slots: Vec<Slot>,
 }
 
 impl Grid {
-    /// Indexes `members` (ids into `mirrors`).
-    pub fn build(mirrors: &[Mirror], members: &[MirrorId], band: &Selection) -> Grid {
+    /// Indexes `members` (indices into `points`).
+    fn build(points: &[Point], members: &[u32], band: &Selection) -> Grid {
         if members.is_empty() {
             return Grid::default();
         }
-        let at: Vec<UnitVec> = members.iter().map(|&id| mirrors[id].coord.unit()).collect();
         let mut offsets = Vec::with_capacity(ROWS * COLS + 1);
-        let mut entries = Vec::new();
+        let mut slots = Vec::new();
         let mut dots = vec![0.0; members.len()];
-        let radius: Vec<f64> = (0..ROWS).map(row_radius).collect();
         offsets.push(0);
-        for (row, &r) in radius.iter().enumerate() {
+        for row in 0..ROWS {
+            let r = row_radius(row);
             for col in 0..COLS {
                 let centre = cell_centre(row, col).unit();
-                for (d, a) in dots.iter_mut().zip(&at) {
-                    *d = centre.dot(*a);
+                for (d, &m) in dots.iter_mut().zip(members) {
+                    *d = centre.dot(points[m as usize].at);
                 }
                 let nearest = km_from_dot(dots.iter().copied().fold(f64::NEG_INFINITY, f64::max));
                 let keep = dot_from_km(band_limit(nearest + r, band) + r);
-                let start = entries.len();
-                for (i, &d) in dots.iter().enumerate().filter(|(_, d)| **d >= keep) {
+                let start = slots.len();
+                for (&m, &d) in members.iter().zip(&dots).filter(|(_, d)| **d >= keep) {
                     let nearest_possible = (km_from_dot(d) - r).max(0.0);
-                    entries.push(Entry::new(
-                        members[i],
-                        &mirrors[members[i]],
-                        dot_from_km(nearest_possible),
-                    ));
+                    slots.push(Slot {
+                        point: m,
+                        max_dot: f32_up(dot_from_km(nearest_possible)),
+                    });
                 }
-                entries[start..].sort_by(|a, b| b.max_dot.total_cmp(&a.max_dot));
-                offsets.push(entries.len() as u32);
+                slots[start..].sort_by(|a, b| b.max_dot.total_cmp(&a.max_dot));
+                offsets.push(slots.len() as u32);
             }
         }
-        Grid { offsets, entries }
+        slots.shrink_to_fit();
+        Grid { offsets, slots }
     }
 
     /// Candidates for a client at `at`, those that can be nearest first.
     #[inline]
-    pub fn cell(&self, at: Coord) -> &[Entry] {
+    pub fn cell(&self, at: Coord) -> &[Slot] {
         if self.offsets.is_empty() {
             return &[];
         }
         let row = (((at.lat + 90.0) / CELL_DEG) as usize).min(ROWS - 1);
         let col = (((at.lon + 180.0) / CELL_DEG) as usize).min(COLS - 1);
         let i = row * COLS + col;
-        &self.entries[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+        &self.slots[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
 }
 
@@ -137,12 +135,15 @@ fn row_radius(row: usize) -> f64 {
 /// Everything selection needs precomputed for one table.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// Every eligible mirror.
+    points: Vec<Point>,
     /// Unrestricted eligible mirrors.
-    pub all: Grid,
-    /// Unrestricted eligible mirrors that serve IPv6.
-    pub v6: Grid,
-    /// Eligible mirrors restricted to some countries, by country.
-    by_country: Vec<Vec<Entry>>,
+    all: Grid,
+    /// Unrestricted eligible mirrors that serve IPv6; `None` when that is
+    /// all of them, the common case, so the grid is not stored twice.
+    v6: Option<Grid>,
+    /// Eligible mirrors restricted to some countries (points), by country.
+    by_country: Vec<Vec<u32>>,
     /// The choice for clients without coordinates, by key slot: among the
     /// unrestricted, and among the unrestricted that serve IPv6.
     unplaced: Vec<u32>,
@@ -151,24 +152,55 @@ pub struct Index {
 
 impl Index {
     pub fn build(mirrors: &[Mirror], eligible: &[MirrorId], band: &Selection) -> Index {
-        let open: Vec<MirrorId> = eligible
+        let points: Vec<Point> = eligible
+            .iter()
+            .map(|&id| {
+                let m = &mirrors[id];
+                Point {
+                    at: m.coord.unit(),
+                    inv_weight: m.inv_weight,
+                    seed: m.seed,
+                    id: id as u32,
+                    ipv6: m.ipv6,
+                }
+            })
+            .collect();
+        let open: Vec<u32> = (0..eligible.len() as u32)
+            .filter(|&p| mirrors[eligible[p as usize]].countries.is_none())
+            .collect();
+        let open_v6: Vec<u32> = open
             .iter()
             .copied()
-            .filter(|&i| mirrors[i].countries.is_none())
+            .filter(|&p| points[p as usize].ipv6)
             .collect();
-        let open_v6: Vec<MirrorId> = open.iter().copied().filter(|&i| mirrors[i].ipv6).collect();
         let mut by_country = vec![Vec::new(); Country::SLOTS];
-        for &i in eligible {
-            for c in mirrors[i].countries.iter().flat_map(|cs| cs.iter()) {
-                by_country[c.slot()].push(Entry::new(i, &mirrors[i], 1.0));
+        for (p, &id) in eligible.iter().enumerate() {
+            for c in mirrors[id].countries.iter().flat_map(|cs| cs.iter()) {
+                by_country[c.slot()].push(p as u32);
             }
         }
+        let v6 = (open_v6.len() != open.len()).then(|| Grid::build(&points, &open_v6, band));
         Index {
-            all: Grid::build(mirrors, &open, band),
-            v6: Grid::build(mirrors, &open_v6, band),
+            all: Grid::build(&points, &open, band),
+            v6,
             by_country,
-            unplaced: unplaced(mirrors, &open),
-            unplaced_v6: unplaced(mirrors, &open_v6),
+            unplaced: unplaced(&points, &open),
+            unplaced_v6: unplaced(&points, &open_v6),
+            points,
+        }
+    }
+
+    #[inline]
+    pub fn point(&self, p: u32) -> &Point {
+        &self.points[p as usize]
+    }
+
+    /// The grid of unrestricted mirrors, or of those that serve IPv6.
+    #[inline]
+    pub fn grid(&self, need_v6: bool) -> &Grid {
+        match &self.v6 {
+            Some(v6) if need_v6 => v6,
+            _ => &self.all,
         }
     }
 
@@ -183,9 +215,10 @@ impl Index {
         slots.get(slot).map(|&id| id as MirrorId)
     }
 
-    /// Eligible mirrors restricted to a set of countries that includes `c`.
+    /// Eligible mirrors (points) restricted to a set of countries that
+    /// includes `c`.
     #[inline]
-    pub fn restricted(&self, c: Option<Country>) -> &[Entry] {
+    pub fn restricted(&self, c: Option<Country>) -> &[u32] {
         match c {
             Some(c) => self.by_country.get(c.slot()).map_or(&[], Vec::as_slice),
             None => &[],
@@ -193,20 +226,19 @@ impl Index {
     }
 }
 
-/// Rendezvous winners for every key slot, or nothing without members.
-fn unplaced(mirrors: &[Mirror], members: &[MirrorId]) -> Vec<u32> {
+/// Rendezvous winners (mirror ids) for every key slot, or nothing without
+/// members.
+fn unplaced(points: &[Point], members: &[u32]) -> Vec<u32> {
     if members.is_empty() {
         return Vec::new();
     }
     (0..UNPLACED_SLOTS)
         .filter_map(|slot| {
-            let key = slot_key(slot);
-            rendezvous(
-                members
-                    .iter()
-                    .map(|&id| (id, mirrors[id].inv_weight, mirrors[id].seed)),
-                key,
-            )
+            let candidates = members.iter().map(|&p| {
+                let p = &points[p as usize];
+                (p.id as MirrorId, p.inv_weight, p.seed)
+            });
+            rendezvous(candidates, slot_key(slot))
         })
         .map(|id| id as u32)
         .collect()

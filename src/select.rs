@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use crate::config::Selection;
 use crate::geo::{Coord, Country, dot_from_km, km_from_dot};
 use crate::geoip::Location;
-use crate::index::Entry;
+use crate::index::Point;
 use crate::table::{Mirror, MirrorId, Table, mix};
 
 /// What selection knows of a client.
@@ -136,30 +136,27 @@ fn pick(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
         return pick_unplaced(table, client, need_v6);
     };
     let index = table.index();
-    let cell = if need_v6 {
-        index.v6.cell(at)
-    } else {
-        index.all.cell(at)
-    };
+    let cell = index.grid(need_v6).cell(at);
     // The v6 grid holds IPv6 mirrors only; per-country lists hold both.
     let restricted = || {
         index
             .restricted(client.country)
             .iter()
-            .filter(move |e| e.ipv6 || !need_v6)
+            .map(|&p| index.point(p))
+            .filter(move |m| m.ipv6 || !need_v6)
     };
     let p = at.unit();
 
-    // The nearest. Cell entries come in decreasing order of the largest dot
+    // The nearest. Cell slots come in decreasing order of the largest dot
     // product they can have, so the scan stops where none can beat the best.
     let mut best = restricted()
-        .map(|e| p.dot(e.at))
+        .map(|m| p.dot(m.at))
         .fold(f64::NEG_INFINITY, f64::max);
-    for e in cell {
-        if e.max_dot < best {
+    for s in cell {
+        if (s.max_dot as f64) < best {
             break;
         }
-        best = best.max(p.dot(e.at));
+        best = best.max(p.dot(index.point(s.point).at));
     }
     if best == f64::NEG_INFINITY {
         return None;
@@ -168,24 +165,24 @@ fn pick(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
     // The band, and the first to arrive in it.
     let edge = dot_from_km(band_limit(km_from_dot(best), table.band())) - EDGE;
     let mut chosen: Option<(u32, f64)> = None;
-    let mut consider = |e: &Entry| {
-        if p.dot(e.at) < edge {
+    let mut consider = |m: &Point| {
+        if p.dot(m.at) < edge {
             return;
         }
-        let u = uniform(e.seed, client.network);
+        let u = uniform(m.seed, client.network);
         // -ln(u) >= 1 - u: most band members are ruled out without a log.
-        if chosen.is_some_and(|(_, b)| (1.0 - u) * e.inv_weight >= b) {
+        if chosen.is_some_and(|(_, b)| (1.0 - u) * m.inv_weight >= b) {
             return;
         }
-        let a = -u.ln() * e.inv_weight;
+        let a = -u.ln() * m.inv_weight;
         if chosen.is_none_or(|(_, b)| a < b) {
-            chosen = Some((e.id, a));
+            chosen = Some((m.id, a));
         }
     };
     restricted().for_each(&mut consider);
     cell.iter()
-        .take_while(|e| e.max_dot >= edge)
-        .for_each(consider);
+        .take_while(|s| s.max_dot as f64 >= edge)
+        .for_each(|s| consider(index.point(s.point)));
     chosen.map(|(id, _)| id as MirrorId)
 }
 
