@@ -43,8 +43,38 @@ impl fmt::Display for PathError {
 
 /// RFC 3986 `pchar` minus `%`: bytes that stand for themselves in the
 /// canonical form. Everything else is percent-encoded.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        c += 1;
+    }
+    t
+};
+
 fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+    PLAIN[b as usize]
 }
 
 /// The canonical form of `raw`, without its leading `/`. Borrows when the
@@ -71,13 +101,24 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// True when `rest` needs no rewriting: plain bytes only, no empty or dot
-/// segments (an empty last segment, a trailing slash, is kept).
+/// segments (an empty last segment, a trailing slash, is kept). One pass:
+/// this runs on every request.
 fn is_canonical(rest: &str) -> bool {
     let b = rest.as_bytes();
-    b.iter().all(|&c| is_plain(c) || c == b'/')
-        && !rest.starts_with('/')
-        && !rest.contains("//")
-        && rest.split('/').all(|s| s != "." && s != "..")
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'/' {
+            let seg = &b[start..i];
+            if seg.is_empty() || seg == b"." || seg == b".." {
+                return false;
+            }
+            start = i + 1;
+        } else if !is_plain(c) {
+            return false;
+        }
+    }
+    let last = &b[start..];
+    last != b"." && last != b".."
 }
 
 fn decode(seg: &str, out: &mut Vec<u8>) -> Result<(), PathError> {
