@@ -59,21 +59,23 @@ fn addresses(n: usize) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Uniform on the sphere, then clamped to the latitudes where people live.
+fn populated_place(r: &mut StdRng) -> Coord {
+    let lat = r
+        .random_range(-1.0f64..1.0)
+        .asin()
+        .to_degrees()
+        .clamp(-56.0, 70.0);
+    Coord::new(lat, r.random_range(-180.0..180.0)).expect("in range by construction")
+}
+
 fn mirrors(n: usize) -> Vec<config::Mirror> {
     let mut r = rng();
     (0..n)
         .map(|i| config::Mirror {
             name: format!("m{i}"),
             url: format!("https://m{i}.example.org/distri-mirror/"),
-            // Uniform on the sphere, then clamped to where people live.
-            coord: Coord::new(
-                r.random_range(-1.0f64..1.0)
-                    .asin()
-                    .to_degrees()
-                    .clamp(-56.0, 70.0),
-                r.random_range(-180.0..180.0),
-            )
-            .unwrap(),
+            coord: populated_place(&mut r),
             weight: r.random_range(0.5..4.0),
             countries: None,
             ipv6: i % 5 != 0,
@@ -200,13 +202,7 @@ fn clients(n: usize) -> Vec<Client> {
     let mut r = rng();
     (0..n)
         .map(|_| Client {
-            coord: Coord::new(
-                r.random_range(-1.0f64..1.0)
-                    .asin()
-                    .to_degrees()
-                    .clamp(-56.0, 70.0),
-                r.random_range(-180.0..180.0),
-            ),
+            coord: Some(populated_place(&mut r)),
             country: None,
             ipv6: r.random_range(0..4) == 0,
             network: r.random_range(0..u64::MAX),
