@@ -8,6 +8,7 @@
 #   ROUNDS=5 DURATION=20s bash benches/load.sh
 #   SOAK=300 bash benches/load.sh        # then 300 s of load, RSS every 30 s
 #   WORKERS=1 bash benches/load.sh       # one serving thread each (default 2)
+#   WORKERS=1 PIN=1 bash benches/load.sh # and servers and wrk on separate cores
 #
 # Everything runs on loopback. Installs wrk and nginx-light if missing.
 set -euo pipefail
@@ -17,12 +18,15 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 SOAK=${SOAK:-0}
 WORKERS=${WORKERS:-2}  # serving threads of both: nginx worker_processes, redirector [server] workers
+PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
 NGINX=127.0.0.1:18182
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk
+server_cpu=(); client_cpu=()
+if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
 need nginx nginx-light
 
 cargo build --release -q --example bench_fixture --bin distri-redirector
@@ -34,7 +38,7 @@ trap cleanup EXIT
 target/release/examples/bench_fixture --mirrors 50 --out "$work/mirrors.toml" --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" 2>"$work/fixture.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
-target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
+"${server_cpu[@]}" target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 redirector_pid=$!
 pids+=($redirector_pid)
 # Serve only once all 50 mirrors are verified, so every request is a real choice.
@@ -57,13 +61,13 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+"${server_cpu[@]}" nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
 for _ in $(seq 50); do curl -s -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
 
 # One wrk run: prints "rps p50_ms p99_ms".
 run() { # target close
-  WRK_CLOSE=$2 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "http://$1" 2>/dev/null | awk '
+  WRK_CLOSE=$2 "${client_cpu[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "http://$1" 2>/dev/null | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
     END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
@@ -71,7 +75,7 @@ run() { # target close
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS"
+echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
 for mode in keepalive close; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"
