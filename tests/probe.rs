@@ -72,11 +72,7 @@ async fn only_fresh_complete_mirrors_are_eligible() {
         ("redirects", "redirected to http://127.0.0.1:9/distri/"),
     ];
     for (name, reason) in want {
-        let start = tokio::time::Instant::now();
-        while !f.reason(name).starts_with(reason) {
-            assert!(start.elapsed() < SETTLE, "{name}: {}", f.reason(name));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        f.wait_reason(name, reason, SETTLE).await;
     }
     // And every client goes to the one good mirror.
     for ip in ["1.0.0.1", "2.0.0.1", "3.0.0.1", "2a00:1000::1"] {

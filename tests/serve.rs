@@ -285,11 +285,7 @@ async fn nothing_qualifies_means_the_origin() {
     )
     .await;
     // Wait for the first round to mark them all down.
-    let start = tokio::time::Instant::now();
-    while !f.reason("br-sao").starts_with("incomplete") {
-        assert!(start.elapsed() < SETTLE, "{}", f.reason("br-sao"));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    f.wait_reason("br-sao", "incomplete", SETTLE).await;
     assert!(f.eligible().is_empty());
     for ip in ["1.0.0.1", "2.0.0.1", "2a00:1000::1", "7.0.0.1"] {
         assert_eq!(f.where_to(ip).await, "origin", "{ip}");

@@ -13,7 +13,7 @@ pub mod check;
 pub mod state;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use reqwest::Client;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::config::{self, Config};
 use crate::table::{Health, MirrorId, SharedTable, Status, Table};
 use check::{MirrorCache, OriginCache, OriginSnapshot, ProbeError, Report};
-use state::{MirrorState, Transition};
+use state::{MirrorState, Transition, backoff};
 
 type Origin = watch::Receiver<Option<Arc<OriginSnapshot>>>;
 
@@ -109,12 +109,6 @@ async fn follow_origin(
         };
         tokio::time::sleep(delay).await;
     }
-}
-
-fn backoff(interval: Duration, failures: u32) -> Duration {
-    (interval / 8)
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(interval)
 }
 
 /// Collects status changes and publishes a new table for each batch.

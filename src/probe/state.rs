@@ -127,8 +127,7 @@ impl MirrorState {
         if self.health == Health::Up && self.bad_streak == 0 {
             return interval.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0));
         }
-        let doublings = self.bad_streak.saturating_sub(1).min(16);
-        (interval / 8).saturating_mul(1 << doublings).min(interval)
+        backoff(interval, self.bad_streak)
     }
 
     pub fn status(&self) -> Status {
@@ -140,6 +139,13 @@ impl MirrorState {
             latency: self.latency,
         }
     }
+}
+
+/// The wait after `failures` failed rounds in a row (0 for a recovering
+/// mirror): an eighth of the interval, doubling, never past the interval.
+pub fn backoff(interval: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (interval / 8).saturating_mul(1 << doublings).min(interval)
 }
 
 #[cfg(test)]

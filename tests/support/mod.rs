@@ -251,6 +251,20 @@ impl Fixture {
             .to_string()
     }
 
+    /// Waits until a mirror's reason starts with `prefix`, or panics at the
+    /// deadline with the reason it has.
+    pub async fn wait_reason(&self, name: &str, prefix: &str, within: Duration) {
+        let start = tokio::time::Instant::now();
+        while !self.reason(name).starts_with(prefix) {
+            assert!(
+                start.elapsed() < within,
+                "{name}: {}, wanted {prefix:?}",
+                self.reason(name)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until exactly `want` are eligible, or panics at the deadline.
     pub async fn wait_eligible(&self, want: &[&str], within: Duration) -> Duration {
         let start = tokio::time::Instant::now();
