@@ -20,7 +20,7 @@ use crate::table::{SharedTable, Status, Table};
 pub enum StartError {
     #[error(transparent)]
     GeoIp(#[from] GeoIpError),
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] std::io::Error),
 }
 

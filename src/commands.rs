@@ -20,7 +20,7 @@ pub enum CommandError {
     GeoIp(#[from] GeoIpError),
     #[error("{0:?} is not an IP address")]
     BadAddress(String),
-    #[error("origin {origin}: {source}")]
+    #[error("origin {origin}")]
     Origin {
         origin: String,
         #[source]
@@ -28,7 +28,7 @@ pub enum CommandError {
     },
     #[error("no mirror is eligible")]
     NoneEligible,
-    #[error("writing the report: {0}")]
+    #[error("writing the report")]
     Io(#[from] io::Error),
 }
 

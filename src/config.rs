@@ -115,7 +115,7 @@ pub struct Mirror {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -234,6 +234,11 @@ fn key_at(text: &str, offset: usize) -> String {
     }
 }
 
+/// `releases` from serde's "missing field `releases`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -249,7 +254,10 @@ impl Config {
         let src = Src { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            src.err(span.clone(), key_at(text, span.start), e.message().trim())
+            // A missing key has no place of its own: name it, not a neighbour.
+            let key =
+                missing_field(e.message()).map_or_else(|| key_at(text, span.start), String::from);
+            src.err(span.clone(), key, e.message().trim())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {
@@ -720,6 +728,12 @@ ipv6 = false
             ),
             ("lat = 50.11", "lat = \"north\"", 15, "lat: "),
             ("\"127.0.0.1:8080\"", "\"localhost\"", 2, "listen"),
+            (
+                "geoip = \"geo-whois-asn-country.mmdb\"",
+                "",
+                1,
+                "geoip: missing field `geoip`",
+            ),
             (
                 "https://repo.distr1.org",
                 "https://user:pw@repo.distr1.org",

@@ -59,11 +59,11 @@ fn tree_with(flaw: Flaw, releases: &[String]) -> Tree {
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("starting a loopback server: {0}")]
+    #[error("starting a loopback server")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Start(#[from] app::StartError),
-    #[error("asking the redirector: {0}")]
+    #[error("asking the redirector")]
     Http(#[from] reqwest::Error),
 }
 

@@ -22,7 +22,7 @@ pub struct GeoDb {
 
 /// Why a database could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("geoip database {}: {source}", path.display())]
+#[error("geoip database {}", path.display())]
 pub struct GeoIpError {
     path: PathBuf,
     #[source]

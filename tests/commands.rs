@@ -118,8 +118,9 @@ async fn probe_names_an_unreachable_origin() {
     let err = commands::probe_table(&f.config)
         .await
         .err()
-        .expect("origin is down")
-        .to_string();
+        .expect("origin is down");
+    // What main prints: the error and its causes.
+    let err = format!("{:#}", anyhow::Error::from(err));
     assert!(
         err.contains(&f.origin.url()) && err.contains("connection refused"),
         "{err}"
