@@ -273,13 +273,7 @@ fn bench_handler(c: &mut Criterion) {
             let location =
                 HeaderValue::from_maybe_shared(bytes::Bytes::from(String::from(black_box(fixed))))
                     .unwrap();
-            black_box(respond(
-                Outcome::Redirect {
-                    location,
-                    mirror: Some(1),
-                },
-                false,
-            ))
+            black_box(respond(Outcome::Redirect { location }, false))
         })
     });
     g.finish();

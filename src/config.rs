@@ -273,11 +273,6 @@ impl Config {
             mirrors: mirrors(&src, raw.mirrors)?,
         })
     }
-
-    /// The folder relative paths are resolved against.
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
 }
 
 fn listen(

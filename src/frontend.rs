@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::geoip::GeoDb;
 use crate::path::{self, PathError};
 use crate::select::{Client, select};
-use crate::table::{MirrorId, SharedTable};
+use crate::table::SharedTable;
 
 /// What the front-end needs, shared by every connection.
 pub struct Frontend {
@@ -33,10 +33,9 @@ pub struct Frontend {
 /// What to do with a request.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    /// 302 to this URL; `mirror` is the chosen mirror, `None` for the origin.
+    /// 302 to this URL (a mirror's or the origin's).
     Redirect {
         location: HeaderValue,
-        mirror: Option<MirrorId>,
     },
     Healthy,
     BadPath(PathError),
@@ -52,10 +51,6 @@ impl Frontend {
             releases: config.releases.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
         }
-    }
-
-    pub fn table(&self) -> &SharedTable {
-        &self.table
     }
 
     /// Decides and responds.
@@ -76,7 +71,7 @@ impl Frontend {
             Err(e) => return Outcome::BadPath(e),
         };
         if !self.is_release_path(&path) {
-            return self.redirect(&self.origin, &path, None);
+            return self.redirect(&self.origin, &path);
         }
         let ip = client_ip(peer.ip(), req.headers(), &self.trusted_proxies);
         self.redirect_for(ip, &path)
@@ -88,20 +83,17 @@ impl Frontend {
         let client = Client::new(ip, &location);
         let table = self.table.load();
         match select(&table, &client) {
-            Some(id) => {
-                let m = table.get(id);
-                self.redirect(&m.base, path, Some(id))
-            }
-            None => self.redirect(&self.origin, path, None),
+            Some(id) => self.redirect(&table.get(id).base, path),
+            None => self.redirect(&self.origin, path),
         }
     }
 
-    fn redirect(&self, base: &str, path: &str, mirror: Option<MirrorId>) -> Outcome {
+    fn redirect(&self, base: &str, path: &str) -> Outcome {
         let mut url = String::with_capacity(base.len() + path.len());
         url.push_str(base);
         url.push_str(path);
         match HeaderValue::from_maybe_shared(Bytes::from(url)) {
-            Ok(location) => Outcome::Redirect { location, mirror },
+            Ok(location) => Outcome::Redirect { location },
             // Unreachable: bases are validated URLs and paths canonical. Refuse
             // rather than redirect somewhere unchecked.
             Err(_) => Outcome::BadPath(PathError::ControlCharacter),
@@ -143,7 +135,7 @@ pub fn respond(outcome: Outcome, head: bool) -> Response<Full<Bytes>> {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, TEXT.clone());
     match outcome {
-        Outcome::Redirect { location, .. } => {
+        Outcome::Redirect { location } => {
             h.insert(header::LOCATION, location);
             h.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
         }

@@ -107,10 +107,6 @@ impl Tree {
     pub fn get(&self, path: &str) -> Option<&Bytes> {
         self.files.get(path)
     }
-
-    pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.files.keys().map(String::as_str)
-    }
 }
 
 /// What a server does with requests.
