@@ -9,6 +9,7 @@
 #   SOAK=300 bash benches/load.sh        # then 300 s of load, RSS every 30 s
 #   WORKERS=1 bash benches/load.sh       # one serving thread each (default 2)
 #   WORKERS=1 PIN=1 bash benches/load.sh # and servers and wrk on separate cores
+#   MODES=keepalive bash benches/load.sh # only one of the two modes
 #
 # Everything runs on loopback. Installs wrk and nginx-light if missing.
 set -euo pipefail
@@ -18,6 +19,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 SOAK=${SOAK:-0}
 WORKERS=${WORKERS:-2}  # serving threads of both: nginx worker_processes, redirector [server] workers
+MODES=${MODES:-"keepalive close"}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
@@ -76,7 +78,7 @@ run() { # target close
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
-for mode in keepalive close; do
+for mode in $MODES; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"
   for r in $(seq "$ROUNDS"); do

@@ -96,10 +96,11 @@ pub fn check(config: &Config, out: &mut impl Write) -> Result<(), CommandError> 
     writeln!(out, "releases:  {}", config.releases.join(", "))?;
     writeln!(
         out,
-        "geoip:     {} ({}, built {})",
+        "geoip:     {} ({}, built {}; {} IPv4 ranges in the flat table)",
         geo.path().display(),
         geo.database_type(),
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(geo.build_epoch()))
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(geo.build_epoch())),
+        geo.v4_ranges()
     )?;
     writeln!(
         out,

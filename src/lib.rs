@@ -7,7 +7,8 @@
 //! - [`config`]: `mirrors.toml`, parsed and validated once, with file, line
 //!   and key in every error.
 //! - [`geo`]: countries, coordinates, distances, the shipped centroid table.
-//! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas).
+//! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas);
+//!   IPv4 from a flat copy of its ranges made at open.
 //! - [`table`]: the immutable mirror table, published with `arc-swap`.
 //! - [`probe`]: background checks of the origin and every mirror; the only
 //!   writer of the table.
