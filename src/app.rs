@@ -1,5 +1,5 @@
 //! Wiring: from a validated config to a running service (GeoIP database,
-//! mirror table, prober, serving threads), and a handle to stop it. Used by `main`, the
+//! mirror table, prober, serving runtime), and a handle to stop it. Used by `main`, the
 //! demo and the black-box tests alike.
 
 use std::net::SocketAddr;
@@ -30,18 +30,17 @@ pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub table: SharedTable,
     _prober: Prober,
-    /// Dropping it, or sending `true`, stops every worker.
+    /// Dropping it, or sending `true`, stops every accept loop.
     stop: watch::Sender<bool>,
-    workers: Vec<oneshot::Receiver<()>>,
+    /// Completes when the serving runtime has drained and shut down.
+    stopped: oneshot::Receiver<()>,
 }
 
 impl Running {
     /// Stops accepting, lets open connections finish, and waits for the end.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for w in self.workers {
-            let _ = w.await;
-        }
+        let _ = self.stopped.await;
     }
 
     /// Stops when `signal` completes.
@@ -52,7 +51,7 @@ impl Running {
 }
 
 /// Opens the database, binds the listeners, starts the prober on the
-/// calling runtime and `server.workers` worker threads that serve.
+/// calling runtime and the serving runtime with `server.workers` threads.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let geo = Arc::new(GeoDb::open(&config.geoip)?);
     // Until the first round verifies a mirror, everything goes to the origin.
@@ -64,55 +63,72 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .collect();
     let frontend = Arc::new(Frontend::new(config, table.clone(), geo));
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
-    let (stop, stopped) = watch::channel(false);
-    let mut workers = Vec::with_capacity(shards.len());
-    for (i, listeners) in shards.into_iter().enumerate() {
-        let worker = Worker {
+    let (stop, stop_rx) = watch::channel(false);
+    let loops = shards
+        .into_iter()
+        .map(|listeners| AcceptLoop {
             listeners,
             frontend: frontend.clone(),
             limits: config.server,
             permits: permits.clone(),
-            stopped: stopped.clone(),
-        };
-        workers.push(worker.spawn(i)?);
-    }
+            stop: stop_rx.clone(),
+        })
+        .collect();
     Ok(Running {
         addrs,
+        stopped: serve(loops, config.server.workers)?,
         _prober: probe::spawn(config, table.clone()),
         table,
         stop,
-        workers,
     })
 }
 
-/// One serving thread and what it serves.
-struct Worker {
+/// Runs the accept loops on a work-stealing runtime of `workers` threads,
+/// on a thread of its own; the receiver completes when all have drained.
+///
+/// Work stealing, not one single-threaded runtime per thread: when a
+/// serving thread is preempted (by anything else on the machine), another
+/// takes over its ready connections instead of leaving them waiting for a
+/// time slice. Under load on a shared machine this cut the keep-alive p99
+/// to a third of nginx's, for the same throughput (benches/RESULTS.md).
+/// Each loop still has its own SO_REUSEPORT sockets, and spawns the
+/// connections it accepts on the thread that accepted them.
+fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Receiver<()>> {
+    // Built here, so that a failure is the caller's error, not a panic.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("http")
+        .enable_all()
+        .build()?;
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("http-main".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let running: Vec<_> = loops.into_iter().map(|l| tokio::spawn(l.run())).collect();
+                for r in running {
+                    let _ = r.await;
+                }
+            });
+            // Dropped here, outside any runtime: waits for its threads.
+            drop(rt);
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+/// One set of listening sockets and what it serves.
+struct AcceptLoop {
     listeners: Vec<std::net::TcpListener>,
     frontend: Arc<Frontend>,
     limits: config::Server,
     permits: Arc<Semaphore>,
-    stopped: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 }
 
-impl Worker {
-    /// Starts the thread; the receiver completes when it has stopped.
-    fn spawn(self, i: usize) -> std::io::Result<oneshot::Receiver<()>> {
-        // Built here, so that a failure is the caller's error, not a panic.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (done, finished) = oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("http-{i}"))
-            .spawn(move || {
-                rt.block_on(self.serve());
-                let _ = done.send(());
-            })?;
-        Ok(finished)
-    }
-
-    async fn serve(self) {
-        let mut stopped = self.stopped;
+impl AcceptLoop {
+    async fn run(self) {
+        let mut stop = self.stop;
         let listeners: Result<Vec<TcpListener>, _> = self
             .listeners
             .into_iter()
@@ -121,13 +137,13 @@ impl Worker {
         let listeners = match listeners {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(cause = %e, "worker cannot use its listening sockets");
+                tracing::error!(cause = %e, "cannot use the listening sockets");
                 return;
             }
         };
         let shutdown = async move {
             // A dropped sender means the service is gone: stop too.
-            let _ = stopped.wait_for(|s| *s).await;
+            let _ = stop.wait_for(|s| *s).await;
         };
         server::run(
             listeners,

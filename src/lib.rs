@@ -19,9 +19,9 @@
 //! - [`client`]: the client's address, behind trusted proxies.
 //! - [`frontend`]: request to outcome to response, in one place.
 //! - [`server`]: accept, connection limits, graceful shutdown; one loop
-//!   per worker thread, each with its own SO_REUSEPORT sockets.
+//!   per serving thread, each with its own SO_REUSEPORT sockets.
 //! - [`app`]: wiring from a config to a running service: the prober on the
-//!   caller's runtime, the worker threads that serve.
+//!   caller's runtime, the work-stealing runtime that serves.
 //! - [`minitree`]: miniature distri trees served on loopback (demo, tests).
 //! - [`commands`]: the `check`, `locate` and `probe` subcommands.
 //! - [`demo`]: the `demo` subcommand: a miniature mirror network on loopback.

@@ -1,12 +1,17 @@
 //! The server loop: accept on every listener, cap the connections served at
-//! once, serve HTTP/1.1 and HTTP/2 (h2c) through the front-end, and shut
-//! down gracefully.
+//! once, serve HTTP/1.1 through the front-end, and shut down gracefully.
 //!
-//! The service runs one such loop per worker thread, each on a
-//! single-threaded runtime with listening sockets of its own (SO_REUSEPORT),
-//! like nginx's worker processes: the kernel spreads connections over the
-//! workers, a connection stays on the thread that accepted it, and no
-//! request wakes another thread (benches/RESULTS.md has the measurements).
+//! HTTP/1.1 only: distri's client speaks HTTP/1.1 to a plain-HTTP URL, and
+//! a TLS-terminating proxy in front speaks it to its backends. Detecting
+//! HTTP/2 prior knowledge (h2c) cost a separate read of the first 24 bytes
+//! of every connection, for a protocol no client used.
+//!
+//! The service runs one such loop per serving thread, each with listening
+//! sockets of its own (SO_REUSEPORT), so the kernel spreads new connections
+//! over them and a connection starts on the thread that accepted it; the
+//! runtime is work-stealing, so a busy or preempted thread's ready
+//! connections are served by another (`app`; benches/RESULTS.md has the
+//! measurements).
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -16,9 +21,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,9 +80,8 @@ pub async fn run(
     permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     // A cap on connections is a cap on memory; an owned permit travels with
@@ -109,9 +113,7 @@ pub async fn run(
         let service = service_fn(move |req| {
             std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, peer)))
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Errors here are clients going away mid-request: nothing to do.
