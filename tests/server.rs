@@ -64,3 +64,26 @@ async fn stop_closes_idle_connections_and_the_port() {
         "no longer listening"
     );
 }
+
+/// HTTP/1.1 only: a client starting with HTTP/2 prior knowledge (h2c) gets
+/// its connection closed without an answer, and the server goes on serving.
+#[tokio::test]
+async fn an_h2c_client_is_closed_and_others_are_served() {
+    let f = Fixture::start(vec![spec("m", 50.0, 8.0)], Options::default()).await;
+    let mut s = TcpStream::connect(f.addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    // A reset or an orderly close; either way, no HTTP answer.
+    assert!(read.is_err() || !buf.starts_with(b"HTTP/1.1 2"), "{buf:?}");
+    let a = raw(
+        f.addr(),
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+}
