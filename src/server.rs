@@ -65,6 +65,9 @@ fn reuseport_listener(a: SocketAddr) -> io::Result<std::net::TcpListener> {
         // "[::]" serves IPv4 too, whatever the system default.
         s.set_only_v6(false).map_err(named)?;
     }
+    // Accepted sockets inherit it on Linux: one system call per listener
+    // instead of one per connection (a test below checks the inheritance).
+    s.set_tcp_nodelay(true).map_err(named)?;
     s.bind(&a.into()).map_err(named)?;
     s.listen(1024).map_err(named)?;
     s.set_nonblocking(true).map_err(named)?;
@@ -108,7 +111,6 @@ pub async fn run(
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let frontend = frontend.clone();
         let service = service_fn(move |req| {
             std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, peer)))
@@ -147,4 +149,22 @@ async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketA
 async fn accept_error(e: io::Error) {
     tracing::warn!(cause = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Responses go out at once: accepted sockets have TCP_NODELAY, set on
+    /// the listener and inherited.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut shards = bind_workers(&[loopback], 1).unwrap();
+        let listener = TcpListener::from_std(shards.remove(0).remove(0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }
