@@ -13,6 +13,8 @@
 #   WORKERS=1 bash benches/load.sh       # one serving thread each (default 2)
 #   WORKERS=1 PIN=1 bash benches/load.sh # and servers and wrk on separate cores
 #   MODES=keepalive bash benches/load.sh # only one of the two modes
+#   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
+#                                        # to show how far the ratios of identical servers spread
 #
 # Everything runs on loopback. Installs wrk and nginx-light if missing.
 set -euo pipefail
@@ -23,10 +25,12 @@ CONNS=${CONNS:-64}
 SOAK=${SOAK:-0}
 WORKERS=${WORKERS:-2}  # serving threads of both: nginx worker_processes, redirector [server] workers
 MODES=${MODES:-"keepalive close"}
+CONTROL=${CONTROL:-0}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
 NGINX=127.0.0.1:18182
+CONTROL_ADDR=127.0.0.1:18183
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk
@@ -70,6 +74,17 @@ NGINX
 nginx_pid=$!
 pids+=($nginx_pid)
 for _ in $(seq 50); do curl -s -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
+second() { echo "$redirector_pid"; }
+if [ "$CONTROL" = 1 ]; then
+  sed -e "s|listen $NGINX;|listen $CONTROL_ADDR;|" -e "s|$work/nginx.pid|$work/nginx2.pid|" "$work/nginx.conf" > "$work/nginx2.conf"
+  "${server_cpu[@]}" nginx -c "$work/nginx2.conf" -p "$work" -g 'daemon off;' &
+  control_pid=$!
+  pids+=($control_pid)
+  for _ in $(seq 50); do curl -s -o /dev/null "http://$CONTROL_ADDR/" && break; sleep 0.1; done
+  REDIRECTOR=$CONTROL_ADDR
+  second() { echo "$control_pid" $(pgrep -P "$control_pid"); }
+  echo "CONTROL=1: the \"redirector\" below is a second, identical nginx"
+fi
 
 # CPU time (user + system, in clock ticks) of processes and their threads.
 ticks() { for p in "$@"; do cat /proc/"$p"/task/*/stat; done 2>/dev/null | awk '{ t += $14 + $15 } END { print t }'; }
@@ -94,7 +109,7 @@ for mode in $MODES; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"
   for r in $(seq "$ROUNDS"); do
-    n=$(run "$NGINX" $close "$nginx_pid" $(pgrep -P "$nginx_pid")); d=$(run "$REDIRECTOR" $close "$redirector_pid")
+    n=$(run "$NGINX" $close "$nginx_pid" $(pgrep -P "$nginx_pid")); d=$(run "$REDIRECTOR" $close $(second))
     echo "  $mode round $r: nginx $n | redirector $d"
     echo "$n" >> "$work/n.$mode"; echo "$d" >> "$work/r.$mode"
   done
