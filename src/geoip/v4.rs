@@ -5,16 +5,18 @@
 //!
 //! Under load the tree walk was the largest user-space cost of a request
 //! (about 480 ns: the deep tree nodes are cold in the cache); this touches
-//! one or two cache lines that are not hot. The ranges are contiguous, each a run of
-//! addresses with one location, adjacent runs with equal locations merged.
+//! one or two cache lines that are not hot. The ranges are contiguous, each
+//! a run of addresses with one location, adjacent runs with equal
+//! locations merged. Building it walks every IPv4 network of the database
+//! once: about 80 ms for the shipped one (341,574 ranges, 3 MB).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::Location;
 
-/// At most this many ranges are copied (8 bytes each, 32 MB); a larger
-/// database keeps its tree walk.
+/// At most this many ranges (8 bytes each, 32 MB) or distinct records are
+/// copied; a larger database keeps its tree walk.
 const MAX_RANGES: usize = 1 << 22;
 
 pub struct V4Table {
@@ -38,7 +40,14 @@ impl V4Table {
     /// location. `None` when the database has no IPv4 ranges of its own or
     /// too many.
     pub fn build(
+        network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>, Location)>,
+    ) -> Option<V4Table> {
+        V4Table::build_capped(network_of, MAX_RANGES)
+    }
+
+    fn build_capped(
         mut network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>, Location)>,
+        cap: usize,
     ) -> Option<V4Table> {
         let mut starts = Vec::new();
         let mut ids: Vec<u32> = Vec::new();
@@ -54,11 +63,14 @@ impl V4Table {
                     (locations.len() - 1) as u32
                 }),
             };
+            if locations.len() > cap {
+                return None;
+            }
             let merge = ids
                 .last()
                 .is_some_and(|&last| locations[last as usize] == locations[id as usize]);
             if !merge {
-                if starts.len() == MAX_RANGES {
+                if starts.len() == cap {
                     return None;
                 }
                 starts.push(next as u32);
@@ -191,6 +203,18 @@ mod tests {
             }
             assert!(table.ranges() < blocks.len(), "equal neighbours merge");
         }
+    }
+
+    #[test]
+    fn a_database_over_the_cap_gets_no_table() {
+        let blocks = blocks(7);
+        let network_of = |ip: Ipv4Addr| {
+            let (prefix, key) = find(&blocks, ip.into());
+            Some((prefix, key, location(key)))
+        };
+        let ranges = V4Table::build(network_of).expect("a table").ranges();
+        assert!(V4Table::build_capped(network_of, ranges).is_some());
+        assert!(V4Table::build_capped(network_of, ranges - 1).is_none());
     }
 
     #[test]
