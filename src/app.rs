@@ -94,26 +94,41 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 /// Each loop still has its own SO_REUSEPORT sockets, and spawns the
 /// connections it accepts on the thread that accepted them.
 fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Receiver<()>> {
-    // Built here, so that a failure is the caller's error, not a panic.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .thread_name("http")
-        .enable_all()
-        .build()?;
     let (done, finished) = oneshot::channel();
+    // The runtime is built and dropped on its own thread: dropping one
+    // inside the caller's runtime would panic. Its build error comes back.
+    let (built, build_result) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("http-main".into())
         .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers.max(1))
+                .thread_name("http")
+                .enable_all()
+                .build();
+            let rt = match rt {
+                Ok(rt) => {
+                    let _ = built.send(Ok(()));
+                    rt
+                }
+                Err(e) => {
+                    let _ = built.send(Err(e));
+                    return;
+                }
+            };
             rt.block_on(async move {
                 let running: Vec<_> = loops.into_iter().map(|l| tokio::spawn(l.run())).collect();
                 for r in running {
                     let _ = r.await;
                 }
             });
-            // Dropped here, outside any runtime: waits for its threads.
             drop(rt);
             let _ = done.send(());
         })?;
+    // Blocks for the runtime's start-up only, before anything is served.
+    build_result
+        .recv()
+        .map_err(|_| std::io::Error::other("the serving thread ended at start-up"))??;
     Ok(finished)
 }
 
