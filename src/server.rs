@@ -17,8 +17,9 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -115,7 +116,7 @@ pub async fn run(
         let service = service_fn(move |req| {
             std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, peer)))
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection(CloseOnDrop(TokioIo::new(stream)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Errors here are clients going away mid-request: nothing to do.
@@ -143,6 +144,52 @@ async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketA
         Poll::Pending
     })
     .await
+}
+
+/// A connection whose write side is closed by closing the socket when the
+/// connection ends, as nginx does, not by a `shutdown` before it: one
+/// system call fewer per connection. The peer sees the same FIN either way
+/// (or the same reset, if it sent data that was never read).
+struct CloseOnDrop(TokioIo<TcpStream>);
+
+impl hyper::rt::Read for CloseOnDrop {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CloseOnDrop {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Out of file descriptors or memory: back off briefly instead of spinning.
