@@ -181,9 +181,10 @@ impl GeoDb {
         }
     }
 
-    /// The lookup in the database's own search tree.
+    /// The lookup in the database's own search tree; `ip` is canonical
+    /// (an IPv4-mapped address already turned into IPv4 by `lookup`).
     fn tree_lookup(&self, ip: IpAddr) -> Location {
-        let Ok(found) = self.reader.lookup(ip.to_canonical()) else {
+        let Ok(found) = self.reader.lookup(ip) else {
             return Location::UNKNOWN;
         };
         decode(&found)
