@@ -11,15 +11,16 @@
 //! `bash benches/report.sh` prints medians and ratios after a run.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use distri_redirector::config::{self, Config, Selection};
-use distri_redirector::frontend::{Frontend, Outcome, respond};
+use distri_redirector::frontend::{Conn, Frontend, Outcome, respond};
 use distri_redirector::geo::Coord;
 use distri_redirector::geoip::GeoDb;
+use distri_redirector::routing::Routing;
 use distri_redirector::select::{Client, select};
 use distri_redirector::table::{Status, Table};
 use hyper::Request;
@@ -206,6 +207,7 @@ fn clients(n: usize) -> Vec<Client> {
             country: None,
             ipv6: r.random_range(0..4) == 0,
             network: r.random_range(0..u64::MAX),
+            https_only: false,
         })
         .collect()
 }
@@ -246,8 +248,9 @@ fn bench_handler(c: &mut Criterion) {
         mirrors: mirrors(100),
         ..config
     };
-    let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection).share();
-    let frontend = Frontend::new(&config, table, Arc::new(shipped()));
+    let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection);
+    let routing = Routing::new(&config, Arc::new(shipped()), table).share();
+    let frontend = Frontend::new(routing);
     let requests: Vec<Request<()>> = addresses(CLIENTS)
         .into_iter()
         .map(|ip| {
@@ -257,7 +260,7 @@ fn bench_handler(c: &mut Criterion) {
                 .unwrap()
         })
         .collect();
-    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let peer = Conn::plain("127.0.0.1:40000".parse().unwrap());
     let mut g = c.benchmark_group("handler");
     let mut i = 0;
     g.bench_function("redirect", |b| {

@@ -1,19 +1,24 @@
 //! Wiring: from a validated config to a running service (GeoIP database,
-//! mirror table, prober, serving runtime), and a handle to stop it. Used by `main`, the
-//! demo and the black-box tests alike.
+//! certificate, routing snapshot, publisher and prober, serving runtime),
+//! and a handle to reload and stop it. Used by `main`, the demo and the
+//! black-box tests alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{self, Config};
 use crate::frontend::Frontend;
 use crate::geoip::{GeoDb, GeoIpError};
-use crate::probe::{self, Prober};
-use crate::server;
-use crate::table::{SharedTable, Status, Table};
+use crate::publish::{Publisher, Trigger};
+use crate::routing::{Routing, SharedRouting};
+use crate::server::{self, Listener};
+use crate::table::{Status, Table};
+use crate::tls::{self, Certs, TlsError};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -21,15 +26,23 @@ pub enum StartError {
     #[error(transparent)]
     GeoIp(#[from] GeoIpError),
     #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
     Bind(#[from] std::io::Error),
 }
 
 /// A service that is serving.
 pub struct Running {
-    /// The bound addresses (port 0 in the config becomes a real port here).
+    /// The bound plain-HTTP addresses (port 0 in the config becomes a real
+    /// port here).
     pub addrs: Vec<SocketAddr>,
-    pub table: SharedTable,
-    _prober: Prober,
+    /// The bound HTTPS addresses.
+    pub tls_addrs: Vec<SocketAddr>,
+    /// What requests read now.
+    pub routing: SharedRouting,
+    triggers: mpsc::UnboundedSender<Trigger>,
+    /// The publisher (and through it the prober); dropping it stops them.
+    _background: JoinSet<()>,
     /// Dropping it, or sending `true`, stops every accept loop.
     stop: watch::Sender<bool>,
     /// Completes when the serving runtime has drained and shut down.
@@ -37,7 +50,19 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets open connections finish, and waits for the end.
+    /// The mirror table requests use now.
+    pub fn table(&self) -> Arc<Table> {
+        self.routing.load().table.clone()
+    }
+
+    /// Reads the config, database and certificate again, as SIGHUP does.
+    /// Returns at once; the reload happens in the background.
+    pub fn reload(&self) {
+        let _ = self.triggers.send(Trigger::Signal);
+    }
+
+    /// Stops accepting, lets open connections finish within the grace
+    /// period, and waits for the end.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.stopped.await;
@@ -48,37 +73,96 @@ impl Running {
         signal.await;
         self.stop().await;
     }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; tells systemd
+    /// (when it started the service) that it is ready, and stopping.
+    pub async fn serve_until_signalled(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        // Not under systemd, there is no socket to tell: nothing happens.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    self.reload();
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!("stopping: no new connections, open ones may finish");
+        self.stop().await;
+        Ok(())
+    }
 }
 
-/// Opens the database, binds the listeners, starts the prober on the
-/// calling runtime and the serving runtime with `server.workers` threads.
+/// Opens the database and certificate, binds the listeners, starts the
+/// publisher and prober on the calling runtime and the serving runtime
+/// with `server.workers` threads.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let geo = Arc::new(GeoDb::open(&config.geoip)?);
+    let certs = match &config.tls {
+        Some(t) => Some(Certs::new(tls::load(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let acceptor = match &certs {
+        Some(c) => Some(TlsAcceptor::from(tls::server_config(c.clone())?)),
+        None => None,
+    };
     // Until the first round verifies a mirror, everything goes to the origin.
-    let table = Table::from_config(&config.mirrors, Status::unprobed(), config.selection).share();
-    let shards = server::bind_workers(&config.listen, config.server.workers)?;
-    let addrs = shards[0]
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
-    let frontend = Arc::new(Frontend::new(config, table.clone(), geo));
+    let table = Table::from_config(&config.mirrors, Status::unprobed(), config.selection);
+    let routing = Routing::new(config, geo, table).share();
+    let workers = config.server.workers;
+    let plain = server::bind_workers(&config.listen, workers)?;
+    let tls_addrs: &[SocketAddr] = config.tls.as_ref().map_or(&[], |t| &t.listen);
+    let secure = server::bind_workers(tls_addrs, workers)?;
+    let bound = |shards: &[Vec<std::net::TcpListener>]| -> Vec<SocketAddr> {
+        shards[0]
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    };
+    let (addrs, tls_addrs) = (bound(&plain), bound(&secure));
+    let frontend = Arc::new(Frontend::new(routing.clone()));
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
     let (stop, stop_rx) = watch::channel(false);
-    let loops = shards
+    let loops = plain
         .into_iter()
-        .map(|listeners| AcceptLoop {
-            listeners,
+        .zip(secure)
+        .map(|(plain, secure)| AcceptLoop {
+            listeners: plain
+                .into_iter()
+                .map(|l| (l, None))
+                .chain(secure.into_iter().map(|l| (l, acceptor.clone())))
+                .collect(),
             frontend: frontend.clone(),
             limits: config.server,
             permits: permits.clone(),
             stop: stop_rx.clone(),
         })
         .collect();
+    let (probed_tx, probed_rx) = mpsc::unbounded_channel();
+    let (triggers, triggers_rx) = mpsc::unbounded_channel();
+    let publisher = Publisher::new(
+        config.clone(),
+        routing.clone(),
+        certs,
+        probed_tx,
+        triggers.clone(),
+    );
+    let mut background = JoinSet::new();
+    background.spawn(publisher.run(probed_rx, triggers_rx));
     Ok(Running {
         addrs,
-        stopped: serve(loops, config.server.workers)?,
-        _prober: probe::spawn(config, table.clone()),
-        table,
+        tls_addrs,
+        stopped: serve(loops, workers)?,
+        routing,
+        triggers,
+        _background: background,
         stop,
     })
 }
@@ -134,7 +218,7 @@ fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Rec
 
 /// One set of listening sockets and what it serves.
 struct AcceptLoop {
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>)>,
     frontend: Arc<Frontend>,
     limits: config::Server,
     permits: Arc<Semaphore>,
@@ -144,10 +228,10 @@ struct AcceptLoop {
 impl AcceptLoop {
     async fn run(self) {
         let mut stop = self.stop;
-        let listeners: Result<Vec<TcpListener>, _> = self
+        let listeners: Result<Vec<Listener>, _> = self
             .listeners
             .into_iter()
-            .map(TcpListener::from_std)
+            .map(|(l, tls)| TcpListener::from_std(l).map(|socket| Listener { socket, tls }))
             .collect();
         let listeners = match listeners {
             Ok(l) => l,

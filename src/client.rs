@@ -13,6 +13,41 @@ use ipnet::IpNet;
 
 static FORWARDED: HeaderName = hyper::header::FORWARDED;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether a trusted proxy says the client reached it over https
+/// (`X-Forwarded-Proto: https`, or `proto=https` in `Forwarded`). Any hop
+/// saying so counts: erring that way only narrows the client to `https://`
+/// mirrors, never the reverse. From an untrusted peer, never.
+pub fn forwarded_https(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
+    if !is_trusted(peer.to_canonical(), trusted) {
+        return false;
+    }
+    let says_https = |v: &hyper::header::HeaderValue, param: bool| {
+        v.to_str().is_ok_and(|v| {
+            v.split([',', ';']).any(|item| {
+                let item = item.trim();
+                let value = if param {
+                    match item.split_once('=') {
+                        Some((k, v)) if k.trim().eq_ignore_ascii_case("proto") => v.trim(),
+                        _ => return false,
+                    }
+                } else {
+                    item
+                };
+                value.trim_matches('"').eq_ignore_ascii_case("https")
+            })
+        })
+    };
+    headers
+        .get_all(&X_FORWARDED_PROTO)
+        .iter()
+        .any(|v| says_https(v, false))
+        || headers
+            .get_all(&FORWARDED)
+            .iter()
+            .any(|v| says_https(v, true))
+}
 
 /// The client's address for a request from `peer`.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -107,6 +142,43 @@ fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use hyper::header::HeaderValue;
+
+    #[test]
+    fn forwarded_https_from_trusted_proxies_only() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
+            ("127.0.0.1", &[("x-forwarded-proto", "https")], true),
+            ("127.0.0.1", &[("x-forwarded-proto", "HTTPS")], true),
+            ("127.0.0.1", &[("x-forwarded-proto", "http, https")], true),
+            ("127.0.0.1", &[("x-forwarded-proto", "http")], false),
+            (
+                "127.0.0.1",
+                &[("forwarded", "for=1.2.3.4;proto=https")],
+                true,
+            ),
+            (
+                "127.0.0.1",
+                &[("forwarded", "for=1.2.3.4; Proto=\"https\"")],
+                true,
+            ),
+            (
+                "127.0.0.1",
+                &[("forwarded", "for=1.2.3.4;proto=http")],
+                false,
+            ),
+            ("127.0.0.1", &[("forwarded", "for=https")], false),
+            ("127.0.0.1", &[], false),
+            ("198.51.100.7", &[("x-forwarded-proto", "https")], false),
+            ("198.51.100.7", &[("forwarded", "proto=https")], false),
+        ];
+        for (peer, headers, want) in cases {
+            assert_eq!(
+                forwarded_https(ip(peer), &with(headers), &trusted()),
+                *want,
+                "{peer} {headers:?}"
+            );
+        }
+    }
 
     fn trusted() -> Vec<IpNet> {
         vec![

@@ -40,8 +40,12 @@ pub async fn probe_table(config: &Config) -> Result<(Table, Vec<RoundRow>), Comm
             origin: config.origin.clone(),
             source,
         })?;
-    let table = Table::from_config(&config.mirrors, Status::unprobed(), config.selection)
-        .with_statuses(rows.iter().map(|r| r.status.clone()));
+    let status_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map_or_else(Status::unprobed, |r| r.status.clone())
+    };
+    let table = Table::with_status_of(&config.mirrors, status_of, config.selection);
     Ok((table, rows))
 }
 

@@ -17,11 +17,14 @@ use toml::Spanned;
 use crate::geo::{Coord, Country};
 
 /// A validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file it came from; relative paths inside are relative to its folder.
     pub path: PathBuf,
+    /// Plain-HTTP addresses; may be empty when `tls` has some.
     pub listen: Vec<SocketAddr>,
+    /// HTTPS (HTTP/1.1 and HTTP/2) listeners and their certificate.
+    pub tls: Option<Tls>,
     /// The origin's base URL, always ending in `/`.
     pub origin: String,
     pub releases: Vec<String>,
@@ -82,10 +85,16 @@ impl Default for Probe {
 pub struct Server {
     /// Connections served at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to send its request headers (slow-loris guard).
+    /// Time a client has to finish its TLS handshake and send its request
+    /// headers (slow-loris guard).
     pub header_timeout: Duration,
     /// Serving threads, each with its own listening sockets.
     pub workers: usize,
+    /// After SIGTERM, how long open connections get to finish.
+    pub shutdown_grace: Duration,
+    /// Streams one HTTP/2 connection may have open at once. distri's client
+    /// fetches a whole dependency closure at once over one connection.
+    pub http2_max_streams: u32,
 }
 
 impl Default for Server {
@@ -94,8 +103,20 @@ impl Default for Server {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
+            shutdown_grace: Duration::from_secs(10),
+            http2_max_streams: 1000,
         }
     }
+}
+
+/// The `[tls]` table: where HTTPS is served and with which certificate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tls {
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// One configured mirror.
@@ -136,6 +157,8 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default)]
     listen: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    tls: Option<Spanned<RawTls>>,
     origin: Spanned<String>,
     releases: Spanned<Vec<Spanned<String>>>,
     geoip: Spanned<String>,
@@ -176,6 +199,16 @@ struct RawServer {
     max_connections: Option<Spanned<i64>>,
     header_timeout: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+    http2_max_streams: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Spanned<Vec<Spanned<String>>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,9 +293,12 @@ impl Config {
             src.err(span.clone(), key, e.message().trim())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let tls = raw.tls.map(|t| tls(&src, base, t)).transpose()?;
+        let listen = listen(&src, raw.listen, tls.is_some())?;
         Ok(Config {
             path: path.to_path_buf(),
-            listen: listen(&src, raw.listen)?,
+            listen,
+            tls,
             origin: base_url(&src, "origin", &raw.origin)?,
             releases: releases(&src, raw.releases)?,
             geoip: geoip(&src, base, &raw.geoip)?,
@@ -275,31 +311,58 @@ impl Config {
     }
 }
 
+/// The plain-HTTP addresses: `[::]:8080` when the key is absent; an empty
+/// list only when `[tls]` serves instead.
 fn listen(
     src: &Src,
     raw: Option<Spanned<Vec<Spanned<String>>>>,
+    has_tls: bool,
 ) -> Result<Vec<SocketAddr>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(vec![SocketAddr::from(([0u16; 8], 8080))]);
     };
-    if raw.get_ref().is_empty() {
-        return Err(src.err(raw.span(), "listen", "needs at least one address"));
+    if raw.get_ref().is_empty() && !has_tls {
+        return Err(src.err(
+            raw.span(),
+            "listen",
+            "needs at least one address, or a [tls] table to serve HTTPS only",
+        ));
     }
-    raw.get_ref()
-        .iter()
+    addresses(src, "listen", raw.get_ref())
+}
+
+fn addresses(
+    src: &Src,
+    key: &str,
+    raw: &[Spanned<String>],
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    raw.iter()
         .map(|a| {
             a.get_ref().parse().map_err(|_| {
                 src.err(
                     a.span(),
-                    "listen",
+                    key,
                     format!(
-                        "{:?} is not a socket address such as \"[::]:8080\"",
+                        "{:?} is not a socket address such as \"[::]:8443\"",
                         a.get_ref()
                     ),
                 )
             })
         })
         .collect()
+}
+
+fn tls(src: &Src, base: &Path, raw: Spanned<RawTls>) -> Result<Tls, ConfigError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if raw.listen.get_ref().is_empty() {
+        return Err(src.err(span, "tls.listen", "needs at least one address"));
+    }
+    Ok(Tls {
+        listen: addresses(src, "tls.listen", raw.listen.get_ref())?,
+        cert: readable_file(src, base, "tls.cert", &raw.cert)?,
+        key: readable_file(src, base, "tls.key", &raw.key)?,
+    })
 }
 
 /// A base URL: http or https, a host, no credentials, query or fragment;
@@ -368,17 +431,23 @@ fn releases(src: &Src, raw: Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>
 }
 
 fn geoip(src: &Src, base: &Path, raw: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+    readable_file(src, base, "geoip", raw)
+}
+
+/// A path relative to the config's folder, naming a file that can be opened.
+fn readable_file(
+    src: &Src,
+    base: &Path,
+    key: &str,
+    raw: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
     let path = base.join(raw.get_ref());
     match std::fs::File::open(&path).and_then(|f| f.metadata()) {
         Ok(m) if m.is_file() => Ok(path),
-        Ok(_) => Err(src.err(
-            raw.span(),
-            "geoip",
-            format!("{} is not a file", path.display()),
-        )),
+        Ok(_) => Err(src.err(raw.span(), key, format!("{} is not a file", path.display()))),
         Err(e) => Err(src.err(
             raw.span(),
-            "geoip",
+            key,
             format!("cannot read {}: {e}", path.display()),
         )),
     }
@@ -508,6 +577,19 @@ fn server(src: &Src, raw: RawServer) -> Result<Server, ConfigError> {
             d.header_timeout,
         )?,
         workers: count(src, "server.workers", raw.workers, d.workers, 1..257)?,
+        shutdown_grace: duration(
+            src,
+            "server.shutdown_grace",
+            raw.shutdown_grace,
+            d.shutdown_grace,
+        )?,
+        http2_max_streams: count(
+            src,
+            "server.http2_max_streams",
+            raw.http2_max_streams,
+            d.http2_max_streams as usize,
+            1..100_001,
+        )? as u32,
     })
 }
 

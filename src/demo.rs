@@ -110,7 +110,7 @@ pub async fn run(
         origin.url()
     );
     wait_first_round(&running).await;
-    let table = running.table.load_full();
+    let table = running.table();
     for m in table.mirrors() {
         println!(
             "mirror  {:<8} {:<24} {:<5} {}",
@@ -142,8 +142,7 @@ async fn wait_first_round(running: &app::Running) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         if running
-            .table
-            .load()
+            .table()
             .mirrors()
             .iter()
             .all(|m| m.status.health != Health::Unknown)

@@ -6,28 +6,35 @@
 //! service sends is chosen in these two functions.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use ipnet::IpNet;
 
-use crate::client::client_ip;
-use crate::config::Config;
-use crate::geoip::GeoDb;
+use crate::client::{client_ip, forwarded_https};
 use crate::path::{self, PathError};
+use crate::routing::{Routing, SharedRouting};
 use crate::select::{Client, select};
-use crate::table::SharedTable;
 
-/// What the front-end needs, shared by every connection.
+/// What the front-end needs, shared by every connection: the published
+/// routing snapshot, loaded once per request.
 pub struct Frontend {
-    table: SharedTable,
-    geo: Arc<GeoDb>,
-    origin: Arc<str>,
-    releases: Vec<String>,
-    trusted_proxies: Vec<IpNet>,
+    routing: SharedRouting,
+}
+
+/// The connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// Over TLS: the client is sent to `https://` mirrors only.
+    pub tls: bool,
+}
+
+impl Conn {
+    pub fn plain(peer: SocketAddr) -> Conn {
+        Conn { peer, tls: false }
+    }
 }
 
 /// What to do with a request.
@@ -43,22 +50,16 @@ pub enum Outcome {
 }
 
 impl Frontend {
-    pub fn new(config: &Config, table: SharedTable, geo: Arc<GeoDb>) -> Frontend {
-        Frontend {
-            table,
-            geo,
-            origin: Arc::from(config.origin.as_str()),
-            releases: config.releases.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
-        }
+    pub fn new(routing: SharedRouting) -> Frontend {
+        Frontend { routing }
     }
 
     /// Decides and responds.
-    pub fn handle<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        respond(self.decide(req, peer), req.method() == Method::HEAD)
+    pub fn handle<B>(&self, req: &Request<B>, conn: Conn) -> Response<Full<Bytes>> {
+        respond(self.decide(req, conn), req.method() == Method::HEAD)
     }
 
-    pub fn decide<B>(&self, req: &Request<B>, peer: SocketAddr) -> Outcome {
+    pub fn decide<B>(&self, req: &Request<B>, conn: Conn) -> Outcome {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Outcome::MethodNotAllowed;
         }
@@ -70,43 +71,40 @@ impl Frontend {
             Ok(p) => p,
             Err(e) => return Outcome::BadPath(e),
         };
-        if !self.is_release_path(&path) {
-            return self.redirect(&self.origin, &path);
+        // One load for the whole decision: a reload in between cannot mix
+        // an old policy with a new table.
+        let routing = self.routing.load();
+        let policy = &routing.policy;
+        if !policy.is_release_path(&path) {
+            return redirect(&policy.origin, &path);
         }
-        let ip = client_ip(peer.ip(), req.headers(), &self.trusted_proxies);
-        self.redirect_for(ip, &path)
+        let trusted = &policy.trusted_proxies;
+        let ip = client_ip(conn.peer.ip(), req.headers(), trusted);
+        let https_only = conn.tls || forwarded_https(conn.peer.ip(), req.headers(), trusted);
+        redirect_for(&routing, ip, https_only, &path)
     }
+}
 
-    /// Where `ip` goes for a path of a current release.
-    fn redirect_for(&self, ip: IpAddr, path: &str) -> Outcome {
-        let location = self.geo.lookup(ip);
-        let client = Client::new(ip, &location);
-        let table = self.table.load();
-        match select(&table, &client) {
-            Some(id) => self.redirect(&table.get(id).base, path),
-            None => self.redirect(&self.origin, path),
-        }
+/// Where `ip` goes for a path of a current release.
+fn redirect_for(routing: &Routing, ip: IpAddr, https_only: bool, path: &str) -> Outcome {
+    let location = routing.geo.lookup(ip);
+    let client = Client::new(ip, &location).https_only(https_only);
+    let table = &routing.table;
+    match select(table, &client) {
+        Some(id) => redirect(&table.get(id).base, path),
+        None => redirect(&routing.policy.origin, path),
     }
+}
 
-    fn redirect(&self, base: &str, path: &str) -> Outcome {
-        let mut url = String::with_capacity(base.len() + path.len());
-        url.push_str(base);
-        url.push_str(path);
-        match HeaderValue::from_maybe_shared(Bytes::from(url)) {
-            Ok(location) => Outcome::Redirect { location },
-            // Unreachable: bases are validated URLs and paths canonical. Refuse
-            // rather than redirect somewhere unchecked.
-            Err(_) => Outcome::BadPath(PathError::ControlCharacter),
-        }
-    }
-
-    /// `distri/<release>/...` with a current release.
-    fn is_release_path(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix("distri/") else {
-            return false;
-        };
-        let release = rest.split_once('/').map_or(rest, |(r, _)| r);
-        rest.len() > release.len() && self.releases.iter().any(|r| r == release)
+fn redirect(base: &str, path: &str) -> Outcome {
+    let mut url = String::with_capacity(base.len() + path.len());
+    url.push_str(base);
+    url.push_str(path);
+    match HeaderValue::from_maybe_shared(Bytes::from(url)) {
+        Ok(location) => Outcome::Redirect { location },
+        // Unreachable: bases are validated URLs and paths canonical. Refuse
+        // rather than redirect somewhere unchecked.
+        Err(_) => Outcome::BadPath(PathError::ControlCharacter),
     }
 }
 

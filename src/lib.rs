@@ -9,25 +9,34 @@
 //! - [`geo`]: countries, coordinates, distances, the shipped centroid table.
 //! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas);
 //!   IPv4 from a flat copy of its ranges made at open.
-//! - [`table`]: the immutable mirror table, published with `arc-swap`.
-//! - [`probe`]: background checks of the origin and every mirror; the only
-//!   writer of the table.
+//! - [`table`]: the immutable mirror table (by config order, found by name).
+//! - [`routing`]: the snapshot requests read (policy, GeoIP database,
+//!   table), replaced whole through `arc-swap`.
+//! - [`publish`]: the only writer of that snapshot: probe results, config,
+//!   database and certificate reloads.
+//! - [`watch`]: noticing that those files changed on disk.
+//! - [`probe`]: background checks of the origin and every mirror, one task
+//!   per mirror name, reconciled on reload.
 //! - [`meta`]: distri's `meta.binaryproto` index (protobuf).
 //! - [`index`]: per-table spatial index, so selection looks at few mirrors.
 //! - [`select`]: which mirror serves a client; a pure function.
 //! - [`path`]: request paths to one canonical form, or a refusal.
 //! - [`client`]: the client's address, behind trusted proxies.
 //! - [`frontend`]: request to outcome to response, in one place.
-//! - [`server`]: accept, connection limits, graceful shutdown; one loop
-//!   per serving thread, each with its own SO_REUSEPORT sockets.
-//! - [`app`]: wiring from a config to a running service: the prober on the
-//!   caller's runtime, the work-stealing runtime that serves.
+//! - [`server`]: accept, connection limits, TLS handshakes, HTTP/1.1 and
+//!   HTTP/2, graceful shutdown; one loop per serving thread, each with its
+//!   own SO_REUSEPORT sockets.
+//! - [`tls`]: the certificate (replaceable while serving) and rustls config.
+//! - [`app`]: wiring from a config to a running service: the publisher and
+//!   prober on the caller's runtime, the work-stealing runtime that serves;
+//!   signals (SIGHUP reloads, SIGTERM drains).
 //! - [`minitree`]: miniature distri trees served on loopback (demo, tests).
 //! - [`commands`]: the `check`, `locate` and `probe` subcommands.
 //! - [`demo`]: the `demo` subcommand: a miniature mirror network on loopback.
 //!
 //! The request path is `server` → `frontend` → (`path`, `client`, `geoip`,
-//! `select` over a loaded `table`): no lock, no I/O, no waiting on probes.
+//! `select` over one loaded `routing` snapshot): no lock, no I/O, no
+//! waiting on probes or reloads.
 
 pub mod app;
 pub mod client;
@@ -42,6 +51,10 @@ pub mod meta;
 pub mod minitree;
 pub mod path;
 pub mod probe;
+pub mod publish;
+pub mod routing;
 pub mod select;
 pub mod server;
 pub mod table;
+pub mod tls;
+pub mod watch;

@@ -122,9 +122,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let running = app::start(&config).await?;
         for a in &running.addrs {
-            tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving");
+            tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving http");
         }
-        running.stop_on(shutdown_signal()).await;
+        for a in &running.tls_addrs {
+            tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving https");
+        }
+        running.serve_until_signalled().await?;
         tracing::info!("stopped");
         Ok(())
     })

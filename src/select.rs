@@ -2,8 +2,9 @@
 //! the client's place and network, and the band settings: no I/O, no clock,
 //! no global randomness, no allocation.
 //!
-//! 1. Candidates are eligible mirrors that serve the client's country.
-//!    IPv6 clients look at IPv6-capable mirrors first, and at all only when
+//! 1. Candidates are eligible mirrors that serve the client's country, and
+//!    only `https://` ones for a client that came over TLS (never a
+//!    downgrade). IPv6 clients look at IPv6-capable mirrors first, and at all only when
 //!    none of those is a candidate.
 //! 2. With a known location, the band is every candidate whose distance is at
 //!    most `max(nearest * band_ratio, nearest + band_km)`; without one, every
@@ -29,6 +30,8 @@ pub struct Client {
     pub ipv6: bool,
     /// The client's network (the unit of stickiness), hashed.
     pub network: u64,
+    /// It came over TLS (itself, or to a trusted proxy): `https://` only.
+    pub https_only: bool,
 }
 
 impl Client {
@@ -39,6 +42,15 @@ impl Client {
             country: location.country,
             ipv6: ip.is_ipv6(),
             network: mix(network_key(ip)),
+            https_only: false,
+        }
+    }
+
+    /// The same client, sent only to `https://` mirrors when `yes`.
+    pub fn https_only(self, yes: bool) -> Client {
+        Client {
+            https_only: yes,
+            ..self
         }
     }
 }
@@ -58,6 +70,8 @@ pub enum Exclusion {
     Country,
     /// An IPv4-only mirror, passed over because IPv6-capable ones qualify.
     Ipv4Only,
+    /// A plain `http://` mirror, for a client that came over TLS.
+    NotHttps,
 }
 
 fn admits(m: &Mirror, client: &Client, need_v6: bool) -> Result<(), Exclusion> {
@@ -65,6 +79,8 @@ fn admits(m: &Mirror, client: &Client, need_v6: bool) -> Result<(), Exclusion> {
         Err(Exclusion::NotEligible)
     } else if !m.serves_country(client.country) {
         Err(Exclusion::Country)
+    } else if client.https_only && !m.https {
+        Err(Exclusion::NotHttps)
     } else if need_v6 && !m.ipv6 {
         Err(Exclusion::Ipv4Only)
     } else {
@@ -88,13 +104,14 @@ pub fn select(table: &Table, client: &Client) -> Option<MirrorId> {
 /// has mirrors of its own.
 fn pick_unplaced(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
     let slot = unplaced_slot(client.network);
-    let index = table.index();
+    let view = table.view(client.https_only);
+    let index = &view.index;
     if index.restricted(client.country).is_empty() {
         return index.unplaced(slot, need_v6);
     }
     let key = slot_key(slot);
-    let all = table
-        .eligible()
+    let all = view
+        .eligible
         .iter()
         .copied()
         .filter(|&id| admits(table.get(id), client, need_v6).is_ok());
@@ -135,7 +152,7 @@ fn pick(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
     let Some(at) = client.coord else {
         return pick_unplaced(table, client, need_v6);
     };
-    let index = table.index();
+    let index = &table.view(client.https_only).index;
     let cell = index.grid(need_v6).cell(at);
     // The v6 grid holds IPv6 mirrors only; per-country lists hold both.
     let restricted = || {
@@ -232,6 +249,9 @@ impl std::fmt::Display for Verdict {
             Verdict::Excluded(Exclusion::NotEligible) => "excluded: not eligible",
             Verdict::Excluded(Exclusion::Country) => "excluded: does not serve this country",
             Verdict::Excluded(Exclusion::Ipv4Only) => "excluded: IPv4-only, IPv6 mirrors qualify",
+            Verdict::Excluded(Exclusion::NotHttps) => {
+                "excluded: http only, and the client came over https"
+            }
         })
     }
 }
@@ -300,6 +320,7 @@ mod tests {
             country: None,
             ipv6: false,
             network: mix(net),
+            https_only: false,
         }
     }
 
@@ -408,6 +429,7 @@ mod tests {
                 country: None,
                 ipv6: false,
                 network: mix(net),
+                https_only: false,
             };
             seen[select(&t, &c).unwrap()] = true;
         }
@@ -503,7 +525,7 @@ mod tests {
         #[test]
         fn index_agrees_with_brute_force(
             ms in prop::collection::vec(arb_mirror(), 0..40),
-            clients in prop::collection::vec((arb_place(), any::<u64>(), any::<bool>(), prop::option::of(0..3u8), prop::bool::weighted(0.1)), 20),
+            clients in prop::collection::vec((arb_place(), any::<u64>(), any::<bool>(), prop::option::of(0..3u8), prop::bool::weighted(0.1), any::<bool>()), 20),
             ratio in 1.0..2.0f64,
             km in 0.0..1000.0f64,
         ) {
@@ -511,7 +533,8 @@ mod tests {
             let mirrors = ms.iter().enumerate().map(|(i, &((lat, lon), weight, ipv6, eligible, country))| {
                 let c = crate::config::Mirror {
                     name: format!("m{i}"),
-                    url: format!("http://m{i}.example.org/"),
+                    // A third plain http, so https-only clients see another set.
+                    url: format!("{}://m{i}.example.org/", if i % 3 == 0 { "http" } else { "https" }),
                     coord: Coord::new(lat, lon).unwrap(),
                     weight,
                     countries: country.map(|k| vec![Country::parse(CODES[k as usize]).unwrap()]),
@@ -521,13 +544,17 @@ mod tests {
                 Mirror::from_config(&c, status)
             }).collect();
             let table = Table::new(mirrors, band);
-            for &((lat, lon), network, ipv6, country, unknown) in &clients {
+            for &((lat, lon), network, ipv6, country, unknown, https_only) in &clients {
                 let client = Client {
                     coord: if unknown { None } else { Coord::new(lat, lon) },
                     country: country.and_then(|k| Country::parse(CODES[k as usize])),
                     ipv6,
                     network,
+                    https_only,
                 };
+                if let Some(id) = select(&table, &client) {
+                    prop_assert!(table.get(id).https || !https_only, "a downgrade");
+                }
                 prop_assert_eq!(select(&table, &client), select_brute(&table, &client));
             }
         }

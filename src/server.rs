@@ -1,10 +1,12 @@
 //! The server loop: accept on every listener, cap the connections served at
-//! once, serve HTTP/1.1 through the front-end, and shut down gracefully.
+//! once, serve HTTP through the front-end, and shut down gracefully.
 //!
-//! HTTP/1.1 only: distri's client speaks HTTP/1.1 to a plain-HTTP URL, and
-//! a TLS-terminating proxy in front speaks it to its backends. Detecting
-//! HTTP/2 prior knowledge (h2c) cost a separate read of the first 24 bytes
-//! of every connection, for a protocol no client used.
+//! Plain listeners speak HTTP/1.1 only: distri's client speaks HTTP/1.1 to
+//! a plain-HTTP URL, and detecting HTTP/2 prior knowledge (h2c) cost a
+//! separate read of the first 24 bytes of every connection, for a protocol
+//! no client used. TLS listeners speak HTTP/2 or HTTP/1.1, as ALPN decides:
+//! over https distri's client (Go net/http) uses HTTP/2 and fetches a whole
+//! dependency closure at once on one connection.
 //!
 //! The service runs one such loop per serving thread, each with listening
 //! sockets of its own (SO_REUSEPORT), so the kernel spreads new connections
@@ -22,19 +24,51 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config;
-use crate::frontend::Frontend;
+use crate::frontend::{Conn, Frontend};
 
-/// How long connections get to finish their requests after shutdown starts.
-const DRAIN: Duration = Duration::from_secs(10);
+/// A listening socket, and the TLS it speaks, if any.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// The HTTP settings every connection of a loop is served with.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Time to finish the TLS handshake (the header timeout covers the rest).
+    handshake_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(limits: &config::Server) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_streams)
+            // Redirect headers are small; a client's are too.
+            .max_header_list_size(64 * 1024);
+        Protocols {
+            http1,
+            http2,
+            handshake_timeout: limits.header_timeout,
+        }
+    }
+}
 
 /// Binds every address once per worker, with SO_REUSEPORT; fails on the
 /// first that cannot be bound, naming it. Port 0 is resolved by the first
@@ -76,28 +110,26 @@ fn reuseport_listener(a: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Serves until `shutdown` completes, then lets open connections finish
-/// (for at most ten seconds). `permits` caps the connections served at once.
+/// (for at most `limits.shutdown_grace`). `permits` caps the connections
+/// served at once.
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     frontend: Arc<Frontend>,
     limits: config::Server,
     permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+    let protocols = Arc::new(Protocols::new(&limits));
     // A cap on connections is a cap on memory; an owned permit travels with
     // each connection task and frees its slot when the task ends. Workers
     // share one semaphore, so the cap is for the whole service.
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, listener) = tokio::select! {
             r = accept_any(&listeners) => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
+                (Ok((stream, peer)), i) => (stream, peer, &listeners[i]),
+                (Err(e), _) => {
                     accept_error(e).await;
                     continue;
                 }
@@ -113,32 +145,84 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let frontend = frontend.clone();
-        let service = service_fn(move |req| {
-            std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, peer)))
-        });
-        let conn = builder.serve_connection(CloseOnDrop(TokioIo::new(stream)), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            // Errors here are clients going away mid-request: nothing to do.
-            let _ = conn.await;
-            drop(permit);
-        });
+        match &listener.tls {
+            None => {
+                let service = service_fn(move |req| {
+                    let conn = Conn::plain(peer);
+                    std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, conn)))
+                });
+                let io = CloseOnDrop(TokioIo::new(stream));
+                let conn = graceful.watch(protocols.http1.serve_connection(io, service));
+                tokio::spawn(async move {
+                    // Errors here are clients going away mid-request: nothing to do.
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, after the
+                // permit: a slow handshake holds its own slot, not the loop.
+                let tls = Tls {
+                    acceptor: acceptor.clone(),
+                    protocols: protocols.clone(),
+                    watcher: graceful.watcher(),
+                };
+                tokio::spawn(async move {
+                    tls.serve(stream, peer, frontend).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listeners);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    let grace = limits.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after {DRAIN:?}; closing them");
+        tracing::warn!("connections still open after {grace:?}; closing them");
     }
 }
 
-/// The next connection from whichever listener has one.
-async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketAddr)> {
+/// One TLS connection's task.
+struct Tls {
+    acceptor: TlsAcceptor,
+    protocols: Arc<Protocols>,
+    watcher: Watcher,
+}
+
+impl Tls {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>) {
+        let handshake = self.acceptor.accept(stream);
+        let stream = match tokio::time::timeout(self.protocols.handshake_timeout, handshake).await {
+            Ok(Ok(s)) => s,
+            // A client that never finishes, or speaks something else.
+            Ok(Err(_)) | Err(_) => return,
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let service = service_fn(move |req| {
+            let conn = Conn { peer, tls: true };
+            std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, conn)))
+        });
+        let io = TokioIo::new(stream);
+        // Errors here are clients going away mid-request: nothing to do.
+        if h2 {
+            let conn = self.protocols.http2.serve_connection(io, service);
+            let _ = self.watcher.watch(conn).await;
+        } else {
+            let conn = self.protocols.http1.serve_connection(io, service);
+            let _ = self.watcher.watch(conn).await;
+        }
+    }
+}
+
+/// The next connection from whichever listener has one, and that
+/// listener's position.
+async fn accept_any(listeners: &[Listener]) -> (io::Result<(TcpStream, SocketAddr)>, usize) {
     poll_fn(|cx| {
-        for l in listeners {
-            if let Poll::Ready(r) = l.poll_accept(cx) {
-                return Poll::Ready(r);
+        for (i, l) in listeners.iter().enumerate() {
+            if let Poll::Ready(r) = l.socket.poll_accept(cx) {
+                return Poll::Ready((r, i));
             }
         }
         Poll::Pending
@@ -146,9 +230,10 @@ async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketA
     .await
 }
 
-/// A connection whose write side is closed by closing the socket when the
-/// connection ends, as nginx does, not by a `shutdown` before it: one
-/// system call fewer per connection. The peer sees the same FIN either way
+/// A plain connection whose write side is closed by closing the socket when
+/// the connection ends, as nginx does, not by a `shutdown` before it: one
+/// system call fewer per connection. Not for TLS, whose shutdown sends the
+/// close_notify alert first. The peer sees the same FIN either way
 /// (or the same reset, if it sent data that was never read).
 struct CloseOnDrop(TokioIo<TcpStream>);
 

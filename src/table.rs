@@ -1,10 +1,12 @@
 //! The mirror table: an immutable snapshot of every configured mirror and its
 //! probed status, published through `arc-swap`.
 //!
-//! The prober is the only writer: it builds a new [`Table`] off to the side
-//! and stores it. Requests `load()` the current one without taking a lock.
-//! Anything selection needs that can be computed once per table (the list of
-//! eligible mirrors, the hash seeds) is computed here, at publish time.
+//! The publisher (`publish`) is the only writer: it builds a new [`Table`]
+//! off to the side, from the config's mirrors and their probed statuses
+//! keyed by name, and publishes it inside a [`crate::routing::Routing`].
+//! Anything selection needs that can be computed once per table (the list
+//! of eligible mirrors, the hash seeds, the spatial index, the https-only
+//! view) is computed here, at publish time.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,10 +17,11 @@ use crate::config::{self, Selection};
 use crate::geo::{Coord, Country};
 use crate::index::Index;
 
-/// The table requests read and the prober replaces.
+/// A table that can be replaced while it is read (the probe commands).
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
-/// A mirror's place in the table; stable for the life of the process.
+/// A mirror's place in one table. Only meaningful with that table: a reload
+/// may reorder mirrors. A mirror's identity across tables is its name.
 pub type MirrorId = usize;
 
 /// Probed state of a mirror, as requests and operators see it.
@@ -88,6 +91,9 @@ pub struct Mirror {
     pub inv_weight: f64,
     pub countries: Option<Arc<[Country]>>,
     pub ipv6: bool,
+    /// Its base URL is `https://`: the only kind a client that came over TLS
+    /// may be sent to (never a downgrade).
+    pub https: bool,
     /// Rendezvous-hash seed derived from the name, so a mirror keeps its
     /// clients across restarts and reorderings of the config.
     pub seed: u64,
@@ -104,6 +110,7 @@ impl Mirror {
             inv_weight: 1.0 / m.weight,
             countries: m.countries.as_deref().map(Arc::from),
             ipv6: m.ipv6,
+            https: m.url.starts_with("https://"),
             seed: name_seed(&m.name),
             status,
         }
@@ -123,51 +130,69 @@ impl Mirror {
 #[derive(Debug, Default)]
 pub struct Table {
     mirrors: Vec<Mirror>,
-    /// Ids of eligible mirrors: the only ones selection looks at.
-    eligible: Vec<MirrorId>,
+    /// Every eligible mirror.
+    all: View,
+    /// Eligible `https://` mirrors, for clients that came over TLS; `None`
+    /// when that is all of them (the usual case), so nothing is built twice.
+    https: Option<View>,
     band: Selection,
-    index: Index,
+}
+
+/// The eligible mirrors of one kind and their spatial index.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Ids of eligible mirrors: the only ones selection looks at.
+    pub eligible: Vec<MirrorId>,
+    pub index: Index,
+}
+
+impl View {
+    fn build(mirrors: &[Mirror], band: &Selection, keep: impl Fn(&Mirror) -> bool) -> View {
+        let eligible: Vec<MirrorId> = (0..mirrors.len())
+            .filter(|&i| mirrors[i].status.eligible && keep(&mirrors[i]))
+            .collect();
+        let index = Index::build(mirrors, &eligible, band);
+        View { eligible, index }
+    }
 }
 
 impl Table {
-    /// Builds the table and its index. Costs about a millisecond per ten
+    /// Builds the table and its indexes. Costs about a millisecond per ten
     /// mirrors: call it off the request path.
     pub fn new(mirrors: Vec<Mirror>, band: Selection) -> Table {
-        let eligible: Vec<MirrorId> = (0..mirrors.len())
-            .filter(|&i| mirrors[i].status.eligible)
-            .collect();
-        let index = Index::build(&mirrors, &eligible, &band);
+        let all = View::build(&mirrors, &band, |_| true);
+        let https = all
+            .eligible
+            .iter()
+            .any(|&id| !mirrors[id].https)
+            .then(|| View::build(&mirrors, &band, |m| m.https));
         Table {
             mirrors,
-            eligible,
+            all,
+            https,
             band,
-            index,
         }
     }
 
     /// All configured mirrors, each with the same status.
     pub fn from_config(mirrors: &[config::Mirror], status: Status, band: Selection) -> Table {
+        Table::with_status_of(mirrors, |_| status.clone(), band)
+    }
+
+    /// All configured mirrors, in config order, each with the status
+    /// `status_of` gives for its name.
+    pub fn with_status_of(
+        mirrors: &[config::Mirror],
+        status_of: impl Fn(&str) -> Status,
+        band: Selection,
+    ) -> Table {
         Table::new(
             mirrors
                 .iter()
-                .map(|m| Mirror::from_config(m, status.clone()))
+                .map(|m| Mirror::from_config(m, status_of(&m.name)))
                 .collect(),
             band,
         )
-    }
-
-    /// A copy with new statuses, in mirror order.
-    pub fn with_statuses(&self, statuses: impl IntoIterator<Item = Status>) -> Table {
-        let mirrors = self
-            .mirrors
-            .iter()
-            .zip(statuses)
-            .map(|(m, status)| Mirror {
-                status,
-                ..m.clone()
-            })
-            .collect();
-        Table::new(mirrors, self.band)
     }
 
     pub fn mirrors(&self) -> &[Mirror] {
@@ -178,16 +203,28 @@ impl Table {
         &self.mirrors[id]
     }
 
+    /// A mirror by name.
+    pub fn find(&self, name: &str) -> Option<&Mirror> {
+        self.mirrors.iter().find(|m| &*m.name == name)
+    }
+
+    /// What selection looks at for a client: every eligible mirror, or only
+    /// the `https://` ones for a client that came over TLS.
+    #[inline]
+    pub fn view(&self, https_only: bool) -> &View {
+        match &self.https {
+            Some(v) if https_only => v,
+            _ => &self.all,
+        }
+    }
+
+    /// Ids of eligible mirrors.
     pub fn eligible(&self) -> &[MirrorId] {
-        &self.eligible
+        &self.all.eligible
     }
 
     pub fn band(&self) -> &Selection {
         &self.band
-    }
-
-    pub fn index(&self) -> &Index {
-        &self.index
     }
 
     pub fn share(self) -> SharedTable {

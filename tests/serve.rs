@@ -240,8 +240,13 @@ async fn forwarded_headers_only_from_trusted_proxies() {
         "skips trusted hops"
     );
     assert_eq!(
-        to(raw(f.addr(), &with("Forwarded: for=3.0.0.1;proto=https")).await),
+        to(raw(f.addr(), &with("Forwarded: for=3.0.0.1;proto=http")).await),
         "jp-tyo"
+    );
+    assert_eq!(
+        to(raw(f.addr(), &with("Forwarded: for=3.0.0.1;proto=https")).await),
+        "origin",
+        "https at the proxy: never an http:// mirror"
     );
     assert_eq!(
         to(raw(f.addr(), &with("Forwarded: for=\"[2600:1000::1]:443\"")).await),

@@ -1,10 +1,13 @@
-//! The prober: the only writer of the mirror table.
+//! The prober: background checks of the origin and every mirror.
 //!
 //! One task follows the origin (each release's `meta.binaryproto`, its hash
-//! and its newest package images); one task per mirror checks that mirror
-//! against the origin's latest snapshot on its own schedule, within a shared
-//! concurrency bound; one publisher task collects status changes and stores
-//! a new table. Requests never wait for any of them.
+//! and its newest package images); one task per mirror, keyed by the
+//! mirror's name, checks that mirror against the origin's latest snapshot
+//! on its own schedule, within a shared concurrency bound, and reports
+//! status changes to the publisher (`publish`), which builds the table.
+//! [`Prober::reconcile`] brings the tasks in line with a reloaded config:
+//! unchanged mirrors keep probing undisturbed. Requests never wait for any
+//! of them.
 //!
 //! - [`check`]: the HTTP checks of a round.
 //! - [`state`]: hysteresis, latency average, backoff.
@@ -12,53 +15,221 @@
 pub mod check;
 pub mod state;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use reqwest::Client;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::config::{self, Config};
-use crate::table::{Health, MirrorId, SharedTable, Status, Table};
+use crate::table::{Health, Status};
 use check::{MirrorCache, OriginCache, OriginSnapshot, ProbeError, Report};
 use state::{MirrorState, Transition, backoff};
 
 type Origin = watch::Receiver<Option<Arc<OriginSnapshot>>>;
 
-/// Probing in the background; dropping it stops every probe task.
-pub struct Prober {
-    _tasks: JoinSet<()>,
+/// A mirror's new status, from the probe task of one generation.
+#[derive(Debug)]
+pub struct Probed {
+    pub name: Arc<str>,
+    /// Which task sent it: a status from a task that a reload replaced is
+    /// stale, and the publisher drops it.
+    pub generation: u64,
+    pub status: Status,
 }
 
-/// Starts probing the origin and every mirror of `config`, publishing status
-/// changes into `table`. The first round starts at once.
-pub fn spawn(config: &Config, table: SharedTable) -> Prober {
-    let mut tasks = JoinSet::new();
-    if config.mirrors.is_empty() {
-        // Nothing to verify: the origin serves everything, unprobed.
-        tracing::info!("no mirrors configured: every request goes to the origin");
-        return Prober { _tasks: tasks };
-    }
-    let http = check::client(config.probe.timeout);
-    let (origin_tx, origin_rx) = watch::channel(None);
-    let (status_tx, status_rx) = mpsc::unbounded_channel();
-    let permits = Arc::new(Semaphore::new(config.probe.concurrency));
-    tasks.spawn(follow_origin(http.clone(), config.clone(), origin_tx));
-    for (id, m) in config.mirrors.iter().enumerate() {
-        let probe = MirrorProbe {
-            id,
-            mirror: m.clone(),
+/// What a probe task checks, and how: when any of it changes, the task is
+/// replaced.
+#[derive(Clone, Debug, PartialEq)]
+struct Target {
+    url: String,
+    origin: String,
+    releases: Vec<String>,
+    settings: config::Probe,
+}
+
+impl Target {
+    fn of(config: &Config, m: &config::Mirror) -> Target {
+        Target {
+            url: m.url.clone(),
+            origin: config.origin.clone(),
+            releases: config.releases.clone(),
             settings: config.probe,
-            http: http.clone(),
-            origin: origin_rx.clone(),
-            permits: permits.clone(),
-            changes: status_tx.clone(),
-        };
-        tasks.spawn(probe.run());
+        }
     }
-    tasks.spawn(publish(table, status_rx, config.mirrors.len()));
-    Prober { _tasks: tasks }
+
+    /// Whether a status verified for `self` still holds for `other`: the
+    /// same files of the same mirror against the same origin.
+    fn same_files(&self, other: &Target) -> bool {
+        (&self.url, &self.origin, &self.releases) == (&other.url, &other.origin, &other.releases)
+    }
+}
+
+struct Task {
+    target: Target,
+    generation: u64,
+    abort: AbortHandle,
+}
+
+/// Probing in the background; dropping it stops every probe task.
+pub struct Prober {
+    http: Option<(config::Probe, Client)>,
+    origin_tx: watch::Sender<Option<Arc<OriginSnapshot>>>,
+    origin: Option<(Target, AbortHandle)>,
+    mirrors: HashMap<Arc<str>, Task>,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    changes: mpsc::UnboundedSender<Probed>,
+    tasks: JoinSet<()>,
+    generations: u64,
+}
+
+impl Prober {
+    /// A prober with nothing to probe yet; status changes go to `changes`.
+    pub fn new(changes: mpsc::UnboundedSender<Probed>) -> Prober {
+        Prober {
+            http: None,
+            origin_tx: watch::channel(None).0,
+            origin: None,
+            mirrors: HashMap::new(),
+            permits: Arc::new(Semaphore::new(0)),
+            concurrency: 0,
+            changes,
+            tasks: JoinSet::new(),
+            generations: 0,
+        }
+    }
+
+    /// Starts, keeps or stops tasks so that exactly `config`'s mirrors are
+    /// probed, with its settings. A mirror whose target did not change keeps
+    /// its task; a new or changed one is probed at once. `last` gives the
+    /// status a replaced task resumes from when it checks the same files
+    /// (only its settings changed), so its hysteresis carries over.
+    ///
+    /// Returns the mirrors whose files are now checked anew (new ones, and
+    /// those whose URL, origin or releases changed): their old status no
+    /// longer holds.
+    pub fn reconcile(
+        &mut self,
+        config: &Config,
+        last: impl Fn(&str) -> Option<Status>,
+    ) -> Vec<Arc<str>> {
+        // Finished tasks (none should finish) must not pile up.
+        while self.tasks.try_join_next().is_some() {}
+        if config.mirrors.is_empty() {
+            if !self.mirrors.is_empty() || self.origin.is_some() {
+                tracing::info!("no mirrors configured: every request goes to the origin");
+            }
+            self.stop_all();
+            return Vec::new();
+        }
+        let http = self.client(config.probe);
+        let origin_target = Target {
+            url: config.origin.clone(),
+            origin: config.origin.clone(),
+            releases: config.releases.clone(),
+            settings: config.probe,
+        };
+        if self.origin.as_ref().map(|(t, _)| t) != Some(&origin_target) {
+            if let Some((_, abort)) = self.origin.take() {
+                abort.abort();
+            }
+            // Mirrors must not be checked against the old origin's index.
+            self.origin_tx.send_replace(None);
+            let abort = self.tasks.spawn(follow_origin(
+                http.clone(),
+                config.clone(),
+                self.origin_tx.clone(),
+            ));
+            self.origin = Some((origin_target, abort));
+        }
+        if self.concurrency != config.probe.concurrency {
+            // Every task's settings changed with it: all are replaced below.
+            self.concurrency = config.probe.concurrency;
+            self.permits = Arc::new(Semaphore::new(self.concurrency));
+        }
+        self.mirrors.retain(|name, task| {
+            let keep = config.mirrors.iter().any(|m| *m.name == **name);
+            if !keep {
+                task.abort.abort();
+            }
+            keep
+        });
+        let mut anew = Vec::new();
+        for m in &config.mirrors {
+            let target = Target::of(config, m);
+            if self.mirrors.get(m.name.as_str()).map(|t| &t.target) == Some(&target) {
+                continue;
+            }
+            let resume = self
+                .mirrors
+                .get(m.name.as_str())
+                .filter(|t| t.target.same_files(&target))
+                .and_then(|_| last(&m.name));
+            if let Some(old) = self.mirrors.remove(m.name.as_str()) {
+                old.abort.abort();
+            }
+            if resume.is_none() {
+                anew.push(Arc::from(m.name.as_str()));
+            }
+            self.spawn_mirror(m, target, http.clone(), resume);
+        }
+        anew
+    }
+
+    fn spawn_mirror(
+        &mut self,
+        m: &config::Mirror,
+        target: Target,
+        http: Client,
+        resume: Option<Status>,
+    ) {
+        self.generations += 1;
+        let name: Arc<str> = Arc::from(m.name.as_str());
+        let probe = MirrorProbe {
+            name: name.clone(),
+            generation: self.generations,
+            mirror: m.clone(),
+            settings: target.settings,
+            http,
+            origin: self.origin_tx.subscribe(),
+            permits: self.permits.clone(),
+            changes: self.changes.clone(),
+        };
+        let abort = self.tasks.spawn(probe.run(resume));
+        let task = Task {
+            target,
+            generation: self.generations,
+            abort,
+        };
+        self.mirrors.insert(name, task);
+    }
+
+    /// The HTTP client for these settings, made anew when they change.
+    fn client(&mut self, settings: config::Probe) -> Client {
+        match &self.http {
+            Some((s, c)) if s.timeout == settings.timeout => c.clone(),
+            _ => {
+                let c = check::client(settings.timeout);
+                self.http = Some((settings, c.clone()));
+                c
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        self.tasks.abort_all();
+        self.mirrors.clear();
+        self.origin = None;
+        self.origin_tx.send_replace(None);
+    }
+
+    /// The generation of the task probing `name` now, if any.
+    pub fn generation(&self, name: &str) -> Option<u64> {
+        self.mirrors.get(name).map(|t| t.generation)
+    }
 }
 
 /// Keeps the latest origin snapshot in `tx`. An unreachable origin keeps its
@@ -111,63 +282,31 @@ async fn follow_origin(
     }
 }
 
-/// Collects status changes and publishes a new table for each batch.
-async fn publish(
-    table: SharedTable,
-    mut changes: mpsc::UnboundedReceiver<(MirrorId, Status)>,
-    n: usize,
-) {
-    let mut statuses: Vec<Status> = table
-        .load()
-        .mirrors()
-        .iter()
-        .map(|m| m.status.clone())
-        .collect();
-    statuses.resize_with(n, Status::unprobed);
-    while let Some((id, status)) = changes.recv().await {
-        statuses[id] = status;
-        // Many mirrors change at once at startup: one table for all of them.
-        while let Ok((id, status)) = changes.try_recv() {
-            statuses[id] = status;
-        }
-        // Building the index takes milliseconds for big tables: not on a
-        // worker thread that serves requests.
-        let (current, statuses_now) = (table.load_full(), statuses.clone());
-        let next: Table = match tokio::task::spawn_blocking(move || {
-            current.with_statuses(statuses_now)
-        })
-        .await
-        {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(cause = %e, "building the mirror table failed; keeping the old one");
-                continue;
-            }
-        };
-        table.store(Arc::new(next));
-    }
-}
-
 struct MirrorProbe {
-    id: MirrorId,
+    name: Arc<str>,
+    generation: u64,
     mirror: config::Mirror,
     settings: config::Probe,
     http: Client,
     origin: Origin,
     permits: Arc<Semaphore>,
-    changes: mpsc::UnboundedSender<(MirrorId, Status)>,
+    changes: mpsc::UnboundedSender<Probed>,
 }
 
 impl MirrorProbe {
-    async fn run(mut self) {
-        let mut state = MirrorState::new(SystemTime::now());
+    async fn run(mut self, resume: Option<Status>) {
+        let mut state = match &resume {
+            Some(s) => MirrorState::resume(s),
+            None => MirrorState::new(SystemTime::now()),
+        };
         let mut cache = MirrorCache::default();
-        // Before the origin was ever reached, nothing can be verified.
-        if self.origin.wait_for(Option::is_some).await.is_err() {
-            return;
-        }
         loop {
-            let origin = self.origin.borrow().clone().expect("set before the loop");
+            // Before the origin was ever reached (or after its config
+            // changed), nothing can be verified.
+            let origin = match self.origin.wait_for(Option::is_some).await {
+                Ok(o) => o.clone().expect("waited for Some"),
+                Err(_) => return,
+            };
             let report = {
                 let _permit = self.permits.acquire().await.expect("never closed");
                 round(
@@ -184,10 +323,15 @@ impl MirrorProbe {
                 log_transition(&self.mirror.name, &t);
             }
             let after = state.status();
-            if (after.health, &after.reason) != (before.health, &before.reason)
-                && self.changes.send((self.id, after)).is_err()
-            {
-                return;
+            if (after.health, &after.reason) != (before.health, &before.reason) {
+                let probed = Probed {
+                    name: self.name.clone(),
+                    generation: self.generation,
+                    status: after,
+                };
+                if self.changes.send(probed).is_err() {
+                    return;
+                }
             }
             tokio::time::sleep(state.next_delay(&self.settings, rand::random())).await;
         }

@@ -43,6 +43,20 @@ impl MirrorState {
         }
     }
 
+    /// Carries on from a published status (a task replaced by a reload that
+    /// changed only probe settings): same health, reason, time and latency,
+    /// streaks start over.
+    pub fn resume(status: &Status) -> MirrorState {
+        MirrorState {
+            health: status.health,
+            good_streak: 0,
+            bad_streak: 0,
+            latency: status.latency,
+            reason: status.reason.clone(),
+            since: status.since,
+        }
+    }
+
     pub fn health(&self) -> Health {
         self.health
     }

@@ -231,7 +231,7 @@ impl Fixture {
 
     /// Names of the mirrors the table has eligible now.
     pub fn eligible(&self) -> Vec<String> {
-        let t = self.service.as_ref().unwrap().table.load();
+        let t = self.service.as_ref().unwrap().table();
         t.mirrors()
             .iter()
             .filter(|m| m.status.eligible)
@@ -241,7 +241,7 @@ impl Fixture {
 
     /// A mirror's current reason.
     pub fn reason(&self, name: &str) -> String {
-        let t = self.service.as_ref().unwrap().table.load();
+        let t = self.service.as_ref().unwrap().table();
         t.mirrors()
             .iter()
             .find(|m| &*m.name == name)

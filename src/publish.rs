@@ -1,0 +1,366 @@
+//! The publisher: the only writer of the routing snapshot requests read.
+//!
+//! One task takes in probe results (keyed by mirror name), and reload
+//! triggers (SIGHUP, or a watched file changing on disk). For each it
+//! builds what changed off the request path (a table and its index, a
+//! GeoIP database and its flat IPv4 table, a certificate) and publishes a
+//! whole new [`Routing`]. A config, database or certificate that does not
+//! load is refused with one log line, counted in [`ReloadStatus`], and the
+//! running one stays: the service never stops because of a bad reload.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::geoip::GeoDb;
+use crate::probe::{Probed, Prober};
+use crate::routing::{Policy, ReloadError, ReloadStatus, Routing, SharedRouting};
+use crate::table::{Status, Table};
+use crate::tls::{self, Certs};
+use crate::watch::FileWatch;
+
+/// What asks for a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP, or a caller of `Running::reload`.
+    Signal,
+    /// A watched file changed; more events usually follow at once.
+    Files,
+}
+
+/// How long files must be quiet before a change is read: an editor's save,
+/// or a copy in place, is several events.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// The publisher's state; [`Publisher::run`] is its task.
+pub struct Publisher {
+    config: Config,
+    routing: SharedRouting,
+    /// Probed statuses of the configured mirrors, by name.
+    statuses: HashMap<Arc<str>, Status>,
+    prober: Prober,
+    certs: Option<Arc<Certs>>,
+    stamps: Stamps,
+    reload: ReloadStatus,
+    watch: Option<FileWatch>,
+    triggers: mpsc::UnboundedSender<Trigger>,
+}
+
+/// What the loaded files looked like when they were read.
+#[derive(Default)]
+struct Stamps {
+    geo: Option<Stamp>,
+    cert: Option<(Stamp, Stamp)>,
+}
+
+/// A file's identity and version: a rename over it changes the inode, a
+/// write in place the size or time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+impl Publisher {
+    /// Starts probing `config`'s mirrors; `routing` holds what `config`,
+    /// `certs` and the database were loaded into. Probe results arrive on
+    /// `probed`'s other end (`Publisher::run`).
+    pub fn new(
+        config: Config,
+        routing: SharedRouting,
+        certs: Option<Arc<Certs>>,
+        probed: mpsc::UnboundedSender<Probed>,
+        triggers: mpsc::UnboundedSender<Trigger>,
+    ) -> Publisher {
+        let mut prober = Prober::new(probed);
+        prober.reconcile(&config, |_| None);
+        let stamps = Stamps {
+            geo: Stamp::of(&config.geoip),
+            cert: config.tls.as_ref().and_then(cert_stamps),
+        };
+        let mut p = Publisher {
+            config,
+            routing,
+            statuses: HashMap::new(),
+            prober,
+            certs,
+            stamps,
+            reload: ReloadStatus::default(),
+            watch: None,
+            triggers,
+        };
+        p.rewatch();
+        p
+    }
+
+    /// Runs until both channels close (the service is gone).
+    pub async fn run(
+        mut self,
+        mut probed: mpsc::UnboundedReceiver<Probed>,
+        mut triggers: mpsc::UnboundedReceiver<Trigger>,
+    ) {
+        loop {
+            tokio::select! {
+                Some(p) = probed.recv() => {
+                    self.take(p);
+                    // Many mirrors change at once at startup: one table for all.
+                    while let Ok(p) = probed.try_recv() {
+                        self.take(p);
+                    }
+                    self.publish(None).await;
+                }
+                Some(t) = triggers.recv() => {
+                    settle(t, &mut triggers).await;
+                    self.reload().await;
+                }
+                else => return,
+            }
+        }
+    }
+
+    fn take(&mut self, p: Probed) {
+        // A task a reload replaced or removed may still have spoken.
+        if self.prober.generation(&p.name) == Some(p.generation) {
+            self.statuses.insert(p.name, p.status);
+        }
+    }
+
+    /// Reads the config, the database and the certificate again, applies
+    /// what changed and loaded, and refuses what did not load.
+    async fn reload(&mut self) {
+        let mut errors: Vec<String> = Vec::new();
+        let mut changed = false;
+        let path = self.config.path.clone();
+        match blocking(move || Config::load(&path)).await {
+            Ok(Ok(new)) => {
+                let new = self.pin_restart_only(new);
+                if new != self.config {
+                    self.apply_config(new);
+                    changed = true;
+                }
+            }
+            Ok(Err(e)) => errors.push(chain(&e)),
+            Err(e) => errors.push(e),
+        }
+        let geo = match self.reload_geo().await {
+            Ok(geo) => geo,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        changed |= geo.is_some();
+        match self.reload_certs().await {
+            Ok(c) => changed |= c,
+            Err(e) => errors.push(e),
+        }
+        for e in &errors {
+            tracing::error!(error = %e, "reload refused; still serving the previous one");
+        }
+        self.reload.failed += errors.len() as u64;
+        self.reload.last_error = errors.pop().map(|message| ReloadError {
+            at: SystemTime::now(),
+            message,
+        });
+        if changed {
+            self.reload.applied += 1;
+            tracing::info!(mirrors = self.config.mirrors.len(), "reloaded");
+        }
+        self.publish(geo).await;
+    }
+
+    /// Takes in a new config: probe tasks by name, statuses of mirrors
+    /// whose files are now checked anew dropped, removed mirrors forgotten.
+    fn apply_config(&mut self, new: Config) {
+        let statuses = &self.statuses;
+        let anew = self.prober.reconcile(&new, |n| statuses.get(n).cloned());
+        for name in anew {
+            self.statuses.remove(&name);
+        }
+        self.statuses
+            .retain(|name, _| new.mirrors.iter().any(|m| *m.name == **name));
+        self.config = new;
+        self.rewatch();
+    }
+
+    /// Settings the running listeners were built with cannot change without
+    /// a restart: say so, and keep the running values.
+    fn pin_restart_only(&self, mut new: Config) -> Config {
+        let old = &self.config;
+        let mut pinned = Vec::new();
+        if new.listen != old.listen {
+            pinned.push("listen");
+            new.listen = old.listen.clone();
+        }
+        let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
+        if tls_listen(&new) != tls_listen(old) {
+            pinned.push("tls (listen, or TLS on or off)");
+            match (&mut new.tls, &old.tls) {
+                (Some(n), Some(o)) => n.listen = o.listen.clone(),
+                (n, o) => *n = o.clone(),
+            }
+        }
+        if new.server != old.server {
+            pinned.push("server");
+            new.server = old.server;
+        }
+        if !pinned.is_empty() {
+            tracing::warn!(
+                settings = %pinned.join(", "),
+                "changed in the config, but take effect only after a restart"
+            );
+        }
+        new
+    }
+
+    /// A new database when the configured file changed and loads.
+    async fn reload_geo(&mut self) -> Result<Option<Arc<GeoDb>>, String> {
+        let path = self.config.geoip.clone();
+        let stamp = Stamp::of(&path);
+        let same_file = self.routing.load().geo.path() == path;
+        if same_file && stamp == self.stamps.geo {
+            return Ok(None);
+        }
+        // Building the flat IPv4 table of a city database takes a second:
+        // not on a thread that serves requests.
+        let opened = blocking(move || GeoDb::open(&path)).await?;
+        let db = opened.map_err(|e| chain(&e))?;
+        tracing::info!(path = %db.path().display(), v4_ranges = db.v4_ranges(), "GeoIP database loaded");
+        self.stamps.geo = stamp;
+        Ok(Some(Arc::new(db)))
+    }
+
+    /// Whether a changed certificate was loaded.
+    async fn reload_certs(&mut self) -> Result<bool, String> {
+        let (Some(certs), Some(t)) = (&self.certs, &self.config.tls) else {
+            return Ok(false);
+        };
+        let stamps = cert_stamps(t);
+        if stamps == self.stamps.cert {
+            return Ok(false);
+        }
+        let (cert, key) = (t.cert.clone(), t.key.clone());
+        let loaded = blocking(move || tls::load(&cert, &key)).await?;
+        certs.replace(loaded.map_err(|e| chain(&e))?);
+        tracing::info!(cert = %t.cert.display(), "TLS certificate loaded");
+        self.stamps.cert = stamps;
+        Ok(true)
+    }
+
+    /// Publishes a new routing snapshot: the current config's policy and
+    /// table, `geo` or the database in use.
+    async fn publish(&mut self, geo: Option<Arc<GeoDb>>) {
+        let mirrors = self.config.mirrors.clone();
+        let statuses = self.statuses.clone();
+        let band = self.config.selection;
+        // Building the index takes milliseconds for big tables.
+        let built = blocking(move || {
+            let status_of = |n: &str| statuses.get(n).cloned().unwrap_or_else(Status::unprobed);
+            Table::with_status_of(&mirrors, status_of, band)
+        })
+        .await;
+        let table = match built {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(cause = %e, "building the mirror table failed; keeping the old one");
+                return;
+            }
+        };
+        let current = self.routing.load_full();
+        let policy = Policy::from_config(&self.config);
+        let next = Routing {
+            policy: if *current.policy == policy {
+                current.policy.clone()
+            } else {
+                Arc::new(policy)
+            },
+            geo: geo.unwrap_or_else(|| current.geo.clone()),
+            table: Arc::new(table),
+            reload: Arc::new(self.reload.clone()),
+        };
+        self.routing.store(Arc::new(next));
+    }
+
+    /// Watches the files of the current config, if they are not already.
+    fn rewatch(&mut self) {
+        let files = files_of(&self.config);
+        if self.watch.as_ref().is_some_and(|w| w.files() == files) {
+            return;
+        }
+        let tx = self.triggers.clone();
+        match FileWatch::start(&files, move || {
+            let _ = tx.send(Trigger::Files);
+        }) {
+            Ok(w) => self.watch = Some(w),
+            Err(e) => {
+                // SIGHUP still reloads.
+                tracing::warn!(cause = %e, "cannot watch the config's files; reload with SIGHUP");
+                self.watch = None;
+            }
+        }
+    }
+}
+
+fn cert_stamps(t: &crate::config::Tls) -> Option<(Stamp, Stamp)> {
+    Some((Stamp::of(&t.cert)?, Stamp::of(&t.key)?))
+}
+
+/// Waits, after a file event, until files have been quiet for a moment;
+/// any triggers that arrive meanwhile are part of the same reload.
+async fn settle(first: Trigger, triggers: &mut mpsc::UnboundedReceiver<Trigger>) {
+    if first == Trigger::Signal {
+        while triggers.try_recv().is_ok() {}
+        return;
+    }
+    while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, triggers.recv()).await {}
+}
+
+/// Runs blocking work (file reads, index builds) off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a reload task failed: {e}"))
+}
+
+/// An error and its causes on one line, each cause once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// The files a config's reload reads.
+fn files_of(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.path.clone(), config.geoip.clone()];
+    if let Some(t) = &config.tls {
+        files.extend([t.cert.clone(), t.key.clone()]);
+    }
+    files
+}
