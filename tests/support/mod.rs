@@ -72,8 +72,15 @@ struct ContinentOnly {
 
 /// Writes a database in MaxMind's nested (City) schema.
 pub fn write_nested_db(path: &Path) {
+    write_nested_db_of(path, PLACES)
+}
+
+/// Writes a nested-schema database of these places (and one record with
+/// no country), by writing a new file and renaming it over `path`, as
+/// `geoipupdate` does.
+pub fn write_nested_db_of(path: &Path, places: &[Place]) {
     let mut w = Writer::new("Test-City");
-    for (net, cc, ll) in PLACES {
+    for (net, cc, ll) in places {
         let rec = Nested {
             country: NestedCountry {
                 iso_code: cc.to_string(),
@@ -91,7 +98,9 @@ pub fn write_nested_db(path: &Path) {
     };
     w.insert("7.0.0.0/24".parse::<IpNet>().unwrap(), &unknown)
         .unwrap();
-    std::fs::write(path, w.to_bytes().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, w.to_bytes().unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Writes a database in ip-location-db's flat schema.
@@ -165,6 +174,26 @@ impl Default for Options {
     }
 }
 
+/// A test config: loopback listener, `test.mmdb`, these mirrors at these URLs.
+pub fn config_text(
+    origin: &str,
+    opts: &Options,
+    mirrors: &[MirrorSpec],
+    urls: &[String],
+) -> String {
+    let mut text = format!(
+        "listen = [\"127.0.0.1:0\"]\norigin = \"{}\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\ngeoip = \"test.mmdb\"\ntrusted_proxies = {}\n{}\n[probe]\n{}\n",
+        origin, opts.trusted, opts.extra, opts.probe
+    );
+    for (m, url) in mirrors.iter().zip(urls) {
+        text.push_str(&format!(
+            "\n[[mirror]]\nname = \"{}\"\nurl = \"{}\"\nlat = {}\nlon = {}\n{}\n",
+            m.name, url, m.lat, m.lon, m.extra
+        ));
+    }
+    text
+}
+
 pub fn origin_tree() -> Tree {
     Tree::generate(&RELEASES, PACKAGES)
 }
@@ -189,23 +218,8 @@ impl Fixture {
         for t in trees {
             servers.push(MiniServer::start(t).await.unwrap());
         }
-        let mut text = format!(
-            "listen = [\"127.0.0.1:0\"]\norigin = \"{}\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\ngeoip = \"test.mmdb\"\ntrusted_proxies = {}\n{}\n[probe]\n{}\n",
-            origin.url(),
-            opts.trusted,
-            opts.extra,
-            opts.probe
-        );
-        for (m, s) in mirrors.iter().zip(&servers) {
-            text.push_str(&format!(
-                "\n[[mirror]]\nname = \"{}\"\nurl = \"{}\"\nlat = {}\nlon = {}\n{}\n",
-                m.name,
-                s.url(),
-                m.lat,
-                m.lon,
-                m.extra
-            ));
-        }
+        let urls: Vec<String> = servers.iter().map(MiniServer::url).collect();
+        let text = config_text(&origin.url(), &opts, &mirrors, &urls);
         let path = dir.path().join("mirrors.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
