@@ -76,27 +76,43 @@ impl Running {
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; tells systemd
     /// (when it started the service) that it is ready, and stopping.
-    pub async fn serve_until_signalled(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    pub async fn serve_until_signalled(self, mut signals: Signals) {
         // Not under systemd, there is no socket to tell: nothing happens.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         loop {
             tokio::select! {
-                _ = hup.recv() => {
+                _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
                     self.reload();
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopping: no new connections, open ones may finish");
         self.stop().await;
-        Ok(())
+    }
+}
+
+/// The signals the service acts on, caught from the moment they are
+/// installed: a SIGHUP that arrives while the service starts (systemd's
+/// reload right after start) must not kill it, as the default action would.
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; call before anything that takes time.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }
 

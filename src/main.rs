@@ -120,6 +120,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
+        let signals = app::Signals::install()?;
         let running = app::start(&config).await?;
         for a in &running.addrs {
             tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving http");
@@ -127,7 +128,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         for a in &running.tls_addrs {
             tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving https");
         }
-        running.serve_until_signalled().await?;
+        running.serve_until_signalled(signals).await;
         tracing::info!("stopped");
         Ok(())
     })

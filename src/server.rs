@@ -21,16 +21,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config;
@@ -120,10 +124,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let protocols = Arc::new(Protocols::new(&limits));
-    // A cap on connections is a cap on memory; an owned permit travels with
-    // each connection task and frees its slot when the task ends. Workers
-    // share one semaphore, so the cap is for the whole service.
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: the loop tells them to stop,
+    // then waits until all of them are gone.
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer, listener) = tokio::select! {
@@ -136,6 +139,9 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        // A cap on connections is a cap on memory; an owned permit travels
+        // with each connection task and frees its slot when the task ends.
+        // Workers share one semaphore, so the cap is for the whole service.
         // Accept first, then wait for a slot: a worker that waited for a slot
         // before accepting could hold a freed slot while the waiting
         // connection sits in another worker's backlog. So at the cap, each
@@ -144,74 +150,210 @@ pub async fn run(
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let frontend = frontend.clone();
-        match &listener.tls {
-            None => {
-                let service = service_fn(move |req| {
-                    let conn = Conn::plain(peer);
-                    std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, conn)))
-                });
-                let io = CloseOnDrop(TokioIo::new(stream));
-                let conn = graceful.watch(protocols.http1.serve_connection(io, service));
-                tokio::spawn(async move {
-                    // Errors here are clients going away mid-request: nothing to do.
-                    let _ = conn.await;
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
+        let task = Task {
+            protocols: protocols.clone(),
+            frontend: frontend.clone(),
+            peer,
+            stop: stopping.clone(),
+        };
+        let tls = listener.tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => task.serve_plain(stream).await,
                 // The handshake runs in the connection's task, after the
                 // permit: a slow handshake holds its own slot, not the loop.
-                let tls = Tls {
-                    acceptor: acceptor.clone(),
-                    protocols: protocols.clone(),
-                    watcher: graceful.watcher(),
-                };
-                tokio::spawn(async move {
-                    tls.serve(stream, peer, frontend).await;
-                    drop(permit);
-                });
+                Some(acceptor) => task.serve_tls(acceptor, stream).await,
             }
-        }
+            drop(permit);
+        });
     }
     drop(listeners);
+    drop(stopping);
+    let _ = stop.send(true);
     let grace = limits.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, stop.closed()).await.is_err() {
         tracing::warn!("connections still open after {grace:?}; closing them");
     }
 }
 
-/// One TLS connection's task.
-struct Tls {
-    acceptor: TlsAcceptor,
+/// One connection's task.
+struct Task {
     protocols: Arc<Protocols>,
-    watcher: Watcher,
+    frontend: Arc<Frontend>,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
 }
 
-impl Tls {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>) {
-        let handshake = self.acceptor.accept(stream);
+impl Task {
+    async fn serve_plain(self, stream: TcpStream) {
+        let (io, busy) = Tracked::new(stream);
+        let io = CloseOnDrop(TokioIo::new(io));
+        let service = self.service(false);
+        let conn = self.protocols.http1.serve_connection(io, service);
+        drain(conn, Some(&busy), self.stop, |c| c.graceful_shutdown()).await;
+    }
+
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let (io, busy) = Tracked::new(stream);
+        let handshake = acceptor.accept(io);
         let stream = match tokio::time::timeout(self.protocols.handshake_timeout, handshake).await {
             Ok(Ok(s)) => s,
             // A client that never finishes, or speaks something else.
             Ok(Err(_)) | Err(_) => return,
         };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let service = service_fn(move |req| {
-            let conn = Conn { peer, tls: true };
-            std::future::ready(Ok::<_, Infallible>(frontend.handle(&req, conn)))
-        });
+        let service = self.service(true);
         let io = TokioIo::new(stream);
-        // Errors here are clients going away mid-request: nothing to do.
         if h2 {
+            // HTTP/2's graceful shutdown (GOAWAY) lets open streams finish.
             let conn = self.protocols.http2.serve_connection(io, service);
-            let _ = self.watcher.watch(conn).await;
+            drain(conn, None, self.stop, |c| c.graceful_shutdown()).await;
         } else {
             let conn = self.protocols.http1.serve_connection(io, service);
-            let _ = self.watcher.watch(conn).await;
+            drain(conn, Some(&busy), self.stop, |c| c.graceful_shutdown()).await;
+        }
+    }
+
+    fn service(&self, tls: bool) -> Handler {
+        Handler {
+            frontend: self.frontend.clone(),
+            conn: Conn {
+                peer: self.peer,
+                tls,
+            },
+        }
+    }
+}
+
+/// The front-end as a hyper service, for one connection.
+#[derive(Clone)]
+struct Handler {
+    frontend: Arc<Frontend>,
+    conn: Conn,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Handler {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        std::future::ready(Ok(self.frontend.handle(&req, self.conn)))
+    }
+}
+
+/// Serves `conn` to its end. When the service stops, a connection in the
+/// middle of a request (bytes of it came in, its response has not gone
+/// out) first gets its answer, then the graceful close: hyper alone would
+/// close a connection whose request head is only partly read as if idle.
+async fn drain<C: Future>(
+    conn: C,
+    busy: Option<&Busy>,
+    mut stop: watch::Receiver<bool>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) {
+    tokio::pin!(conn);
+    // Errors here are clients going away mid-request: nothing to do.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    if let Some(busy) = busy {
+        while busy.mid_request.load(Ordering::Acquire) {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = busy.answered.notified() => {}
+            }
+        }
+    }
+    shutdown(conn.as_mut());
+    let _ = conn.await;
+}
+
+/// Whether a connection is in the middle of a request.
+#[derive(Default)]
+struct Busy {
+    /// Bytes came in since the last response went out.
+    mid_request: AtomicBool,
+    /// A response went out after bytes came in.
+    answered: Notify,
+}
+
+/// A stream that keeps [`Busy`] up to date: two atomic operations per
+/// request, no lock (`Notify` locks only when someone waits: at shutdown).
+struct Tracked<S> {
+    io: S,
+    busy: Arc<Busy>,
+}
+
+impl<S> Tracked<S> {
+    fn new(io: S) -> (Tracked<S>, Arc<Busy>) {
+        let busy = Arc::new(Busy::default());
+        (
+            Tracked {
+                io,
+                busy: busy.clone(),
+            },
+            busy,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.busy.mid_request.store(true, Ordering::Release);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<S> Tracked<S> {
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0)
+            && self.busy.mid_request.swap(false, Ordering::AcqRel)
+        {
+            self.busy.answered.notify_one();
         }
     }
 }
@@ -235,9 +377,9 @@ async fn accept_any(listeners: &[Listener]) -> (io::Result<(TcpStream, SocketAdd
 /// system call fewer per connection. Not for TLS, whose shutdown sends the
 /// close_notify alert first. The peer sees the same FIN either way
 /// (or the same reset, if it sent data that was never read).
-struct CloseOnDrop(TokioIo<TcpStream>);
+struct CloseOnDrop<S>(TokioIo<S>);
 
-impl hyper::rt::Read for CloseOnDrop {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for CloseOnDrop<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -247,7 +389,7 @@ impl hyper::rt::Read for CloseOnDrop {
     }
 }
 
-impl hyper::rt::Write for CloseOnDrop {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for CloseOnDrop<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,0 +1,200 @@
+//! The binary as systemd runs it: readiness told on `NOTIFY_SOCKET` once it
+//! listens, SIGHUP reloads (and does not kill it), SIGTERM lets an
+//! in-flight request finish and exits 0.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::write_nested_db;
+
+/// The service started on a config with no mirrors (nothing to probe);
+/// its stderr lines arrive on the receiver.
+struct Service {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn start(notify: Option<&std::path::Path>) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        write_nested_db(&dir.path().join("test.mmdb"));
+        let config = dir.path().join("mirrors.toml");
+        std::fs::write(
+            &config,
+            "listen = [\"127.0.0.1:0\"]\norigin = \"http://127.0.0.1:9/\"\n\
+             releases = [\"jackherer\"]\ngeoip = \"test.mmdb\"\n\
+             [server]\nworkers = 1\nshutdown_grace = \"5s\"\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_distri-redirector"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(socket) = notify {
+            cmd.env("NOTIFY_SOCKET", socket);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Service {
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// The next stderr line that contains `want`.
+    fn line_with(&self, want: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no log line with {want:?}"));
+            if line.contains(want) {
+                return line;
+            }
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        let line = self.line_with("serving http");
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        addr.parse().unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..2000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("did not exit within 20 s");
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const REQUEST: &[u8] = b"GET /distri/jackherer/pkg/a.squashfs HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Reads one response: its head, returned, and its body, skipped.
+fn read_head(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(String::from)
+        })
+        .map_or(0, |v| v.trim().parse().unwrap());
+    s.read_exact(&mut vec![0; length]).unwrap();
+    head
+}
+
+#[test]
+fn ready_is_told_once_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let service = Service::start(Some(&socket_path));
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Ready means listening: a connection is answered.
+    let mut s = TcpStream::connect(service.addr()).unwrap();
+    s.write_all(REQUEST).unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 302"));
+}
+
+#[test]
+fn sighup_reloads_and_serving_goes_on() {
+    let service = Service::start(None);
+    let addr = service.addr();
+    service.signal("HUP");
+    service.line_with("SIGHUP: reloading");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(REQUEST).unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 302"));
+}
+
+/// A request half sent when SIGTERM arrives is still answered; then the
+/// service exits 0 without waiting out its grace period.
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
+    let mut service = Service::start(None);
+    let addr = service.addr();
+    let mut busy = TcpStream::connect(addr).unwrap();
+    // A whole request first, so the connection is surely accepted and served.
+    busy.write_all(REQUEST).unwrap();
+    assert!(read_head(&mut busy).starts_with("HTTP/1.1 302"));
+    busy.write_all(&REQUEST[..20]).unwrap();
+    service.signal("TERM");
+    service.line_with("stopping");
+    busy.write_all(&REQUEST[20..]).unwrap();
+    let head = read_head(&mut busy);
+    assert!(head.starts_with("HTTP/1.1 302"), "{head:?}");
+    // Then closed: no further request is read.
+    assert_eq!(
+        busy.read(&mut [0u8; 16]).unwrap_or(0),
+        0,
+        "closed after the answer"
+    );
+    let status = service.wait_exit();
+    assert_eq!(status.code(), Some(0));
+}
