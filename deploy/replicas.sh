@@ -25,7 +25,12 @@ bin=target/release/distri-redirector
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  kill $(cat "$work/restarted.pid" 2>/dev/null) 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 target/release/examples/bench_fixture --mirrors "$MIRRORS" --out "$work/base.toml" --listen 127.0.0.1:0 --interval 5s --workers 1 2>"$work/fixture.log" &
@@ -87,7 +92,6 @@ for _ in $(seq 50); do curl -s -o /dev/null "http://$LB/healthz" && break; sleep
 
 origin=$(sed -n 's/^origin = "\(.*\)"/\1/p' "$work/base.toml")
 echo "${replica_pid[1]}" > "$work/stop.pid"
-trap 'cleanup; kill $(cat "$work/restarted.pid" 2>/dev/null) 2>/dev/null || true' EXIT
 # The client: requests through nginx from many networks; at a third of
 # them replica 1 is stopped (SIGTERM), at two thirds started again.
 python3 - "$LB" "$REQUESTS" "$NETWORKS" "$origin" "$work" "$bin" "$MIRRORS" "${PORTS[@]}" <<'PY'
@@ -101,7 +105,9 @@ path = "/distri/jackherer/pkg/pkg001-amd64-1.0-1.squashfs"
 def get(addr, net):
     host, port = addr.split(":")
     c = http.client.HTTPConnection(host, int(port), timeout=10)
-    c.request("GET", path, headers={"X-Forwarded-For": "%s.%d" % (net, random.randint(1, 254))})
+    # One address per network: a /24 can straddle two places in the
+    # database, and then two hosts of it rightly get different mirrors.
+    c.request("GET", path, headers={"X-Forwarded-For": net + ".7"})
     r = c.getresponse(); r.read(); c.close()
     return r.status, r.getheader("Location") or ""
 def base(loc):
