@@ -343,7 +343,7 @@ fn addresses(
                     a.span(),
                     key,
                     format!(
-                        "{:?} is not a socket address such as \"[::]:8443\"",
+                        "{:?} is not a socket address such as \"[::]:8080\"",
                         a.get_ref()
                     ),
                 )

@@ -11,14 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
-
 use crate::config::{self, Selection};
 use crate::geo::{Coord, Country};
 use crate::index::Index;
-
-/// A table that can be replaced while it is read (the probe commands).
-pub type SharedTable = Arc<ArcSwap<Table>>;
 
 /// A mirror's place in one table. Only meaningful with that table: a reload
 /// may reorder mirrors. A mirror's identity across tables is its name.
@@ -218,17 +213,8 @@ impl Table {
         }
     }
 
-    /// Ids of eligible mirrors.
-    pub fn eligible(&self) -> &[MirrorId] {
-        &self.all.eligible
-    }
-
     pub fn band(&self) -> &Selection {
         &self.band
-    }
-
-    pub fn share(self) -> SharedTable {
-        Arc::new(ArcSwap::from_pointee(self))
     }
 }
 
