@@ -5,6 +5,7 @@
 //! walked from the right, skipping trusted proxies; the first other address
 //! is the client. Entries to its left were written by the client itself and
 //! are never believed. A malformed header is ignored: the peer is used.
+//! Whether the client came over https is read from the same trusted peer.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,46 +16,36 @@ static FORWARDED: HeaderName = hyper::header::FORWARDED;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Whether a trusted proxy says the client reached it over https
-/// (`X-Forwarded-Proto: https`, or `proto=https` in `Forwarded`). Any hop
-/// saying so counts: erring that way only narrows the client to `https://`
-/// mirrors, never the reverse. From an untrusted peer, never.
-pub fn forwarded_https(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
-    if !is_trusted(peer.to_canonical(), trusted) {
-        return false;
-    }
-    let says_https = |v: &hyper::header::HeaderValue, param: bool| {
-        v.to_str().is_ok_and(|v| {
-            v.split([',', ';']).any(|item| {
-                let item = item.trim();
-                let value = if param {
-                    match item.split_once('=') {
-                        Some((k, v)) if k.trim().eq_ignore_ascii_case("proto") => v.trim(),
-                        _ => return false,
-                    }
-                } else {
-                    item
-                };
-                value.trim_matches('"').eq_ignore_ascii_case("https")
-            })
-        })
-    };
-    headers
-        .get_all(&X_FORWARDED_PROTO)
-        .iter()
-        .any(|v| says_https(v, false))
-        || headers
-            .get_all(&FORWARDED)
-            .iter()
-            .any(|v| says_https(v, true))
+/// Who sent a request, as far as it can be believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    pub ip: IpAddr,
+    /// It reached us, or a trusted proxy, over https: send it to `https://`
+    /// mirrors only.
+    pub https: bool,
 }
 
-/// The client's address for a request from `peer`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// The sender of a request from `peer`, over TLS or not. Only a trusted
+/// peer's forwarding headers are read: the address as described above, and
+/// `X-Forwarded-Proto: https` or `proto=https` in `Forwarded`. Any hop
+/// saying https counts: erring that way only narrows the client to
+/// `https://` mirrors, never the reverse.
+pub fn sender(peer: IpAddr, tls: bool, headers: &HeaderMap, trusted: &[IpNet]) -> Sender {
     let peer = peer.to_canonical();
     if !is_trusted(peer, trusted) {
-        return peer;
+        return Sender {
+            ip: peer,
+            https: tls,
+        };
     }
+    Sender {
+        ip: forwarded_ip(peer, headers, trusted),
+        https: tls || forwarded_https(headers),
+    }
+}
+
+/// The address a trusted peer's forwarding headers report, or the peer.
+fn forwarded_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let from_xff = walk(headers, &X_FORWARDED_FOR, trusted, parse_xff_entry);
     let found = match from_xff {
         Walk::Absent => walk(headers, &FORWARDED, trusted, parse_forwarded_element),
@@ -64,6 +55,27 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         Walk::Client(ip) => ip,
         Walk::Absent | Walk::Malformed => peer,
     }
+}
+
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    let any = |name: &HeaderName, says: fn(&str) -> bool| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split([',', ';']).any(|item| says(item.trim())))
+    };
+    any(&X_FORWARDED_PROTO, is_https) || any(&FORWARDED, proto_is_https)
+}
+
+fn is_https(value: &str) -> bool {
+    value.trim_matches('"').eq_ignore_ascii_case("https")
+}
+
+/// `proto=https` (one parameter of a `Forwarded` element).
+fn proto_is_https(pair: &str) -> bool {
+    pair.split_once('=')
+        .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("proto") && is_https(v.trim()))
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -173,10 +185,11 @@ mod tests {
         ];
         for (peer, headers, want) in cases {
             assert_eq!(
-                forwarded_https(ip(peer), &with(headers), &trusted()),
+                sender(ip(peer), false, &with(headers), &trusted()).https,
                 *want,
                 "{peer} {headers:?}"
             );
+            assert!(sender(ip(peer), true, &with(headers), &trusted()).https);
         }
     }
 
@@ -285,7 +298,7 @@ mod tests {
         ];
         for (peer, headers, want) in cases {
             assert_eq!(
-                client_ip(ip(peer), &with(headers), &trusted()),
+                sender(ip(peer), false, &with(headers), &trusted()).ip,
                 ip(want),
                 "{peer} {headers:?}"
             );
@@ -299,6 +312,9 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"1.1.1.1\xff").unwrap(),
         );
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted()), ip("127.0.0.1"));
+        assert_eq!(
+            sender(ip("127.0.0.1"), false, &h, &trusted()).ip,
+            ip("127.0.0.1")
+        );
     }
 }

@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::client::{client_ip, forwarded_https};
+use crate::client::sender;
 use crate::path::{self, PathError};
 use crate::routing::{Routing, SharedRouting};
 use crate::select::{Client, select};
@@ -78,10 +78,13 @@ impl Frontend {
         if !policy.is_release_path(&path) {
             return redirect(&policy.origin, &path);
         }
-        let trusted = &policy.trusted_proxies;
-        let ip = client_ip(conn.peer.ip(), req.headers(), trusted);
-        let https_only = conn.tls || forwarded_https(conn.peer.ip(), req.headers(), trusted);
-        redirect_for(&routing, ip, https_only, &path)
+        let from = sender(
+            conn.peer.ip(),
+            conn.tls,
+            req.headers(),
+            &policy.trusted_proxies,
+        );
+        redirect_for(&routing, from.ip, from.https, &path)
     }
 }
 
