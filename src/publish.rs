@@ -152,7 +152,13 @@ impl Publisher {
         let path = self.config.path.clone();
         match blocking(move || Config::load(&path)).await {
             Ok(Ok(new)) => {
-                let new = self.pin_restart_only(new);
+                let (new, pinned) = pin_restart_only(&self.config, new);
+                if !pinned.is_empty() {
+                    tracing::warn!(
+                        settings = %pinned.join(", "),
+                        "changed in the config, but take effect only after a restart"
+                    );
+                }
                 if new != self.config {
                     self.apply_config(new);
                     changed = true;
@@ -200,36 +206,6 @@ impl Publisher {
             .retain(|name, _| new.mirrors.iter().any(|m| *m.name == **name));
         self.config = new;
         self.rewatch();
-    }
-
-    /// Settings the running listeners were built with cannot change without
-    /// a restart: say so, and keep the running values.
-    fn pin_restart_only(&self, mut new: Config) -> Config {
-        let old = &self.config;
-        let mut pinned = Vec::new();
-        if new.listen != old.listen {
-            pinned.push("listen");
-            new.listen = old.listen.clone();
-        }
-        let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
-        if tls_listen(&new) != tls_listen(old) {
-            pinned.push("tls (listen, or TLS on or off)");
-            match (&mut new.tls, &old.tls) {
-                (Some(n), Some(o)) => n.listen = o.listen.clone(),
-                (n, o) => *n = o.clone(),
-            }
-        }
-        if new.server != old.server {
-            pinned.push("server");
-            new.server = old.server;
-        }
-        if !pinned.is_empty() {
-            tracing::warn!(
-                settings = %pinned.join(", "),
-                "changed in the config, but take effect only after a restart"
-            );
-        }
-        new
     }
 
     /// A new database when the configured file changed and loads.
@@ -320,6 +296,29 @@ impl Publisher {
     }
 }
 
+/// Settings the running listeners were built with cannot change without a
+/// restart: `new` with those kept at `old`'s values, and their names.
+fn pin_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    let mut pinned = Vec::new();
+    if new.listen != old.listen {
+        pinned.push("listen");
+        new.listen = old.listen.clone();
+    }
+    let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
+    if tls_listen(&new) != tls_listen(old) {
+        pinned.push("tls (listen, or TLS on or off)");
+        match (&mut new.tls, &old.tls) {
+            (Some(n), Some(o)) => n.listen = o.listen.clone(),
+            (n, o) => *n = o.clone(),
+        }
+    }
+    if new.server != old.server {
+        pinned.push("server");
+        new.server = old.server;
+    }
+    (new, pinned)
+}
+
 fn cert_stamps(t: &crate::config::Tls) -> Option<(Stamp, Stamp)> {
     Some((Stamp::of(&t.cert)?, Stamp::of(&t.key)?))
 }
@@ -363,4 +362,32 @@ fn files_of(config: &Config) -> Vec<PathBuf> {
         files.extend([t.cert.clone(), t.key.clone()]);
     }
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let head = "origin = \"https://o.example/\"\nreleases = [\"jackherer\"]\n\
+                    geoip = \"geoip/geo-whois-asn-country.mmdb\"\n";
+        Config::parse(&dir.join("mirrors.toml"), &format!("{head}{text}")).unwrap()
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_values() {
+        let old = config("listen = [\"127.0.0.1:1\"]\n[server]\nworkers = 2\n");
+        let new = config(
+            "listen = [\"127.0.0.1:2\"]\n[server]\nworkers = 3\n[selection]\nband_km = 10\n",
+        );
+        let (kept, pinned) = pin_restart_only(&old, new);
+        assert_eq!(pinned, ["listen", "server"]);
+        assert_eq!(kept.listen, old.listen);
+        assert_eq!(kept.server, old.server);
+        assert_eq!(kept.selection.band_km, 10.0, "the rest applies");
+        let (same, none) = pin_restart_only(&old, old.clone());
+        assert!(none.is_empty());
+        assert_eq!(same, old);
+    }
 }

@@ -187,8 +187,9 @@ async fn bad_files_are_refused_and_the_old_ones_serve() {
     assert_eq!(f.where_to("3.0.0.1").await, "jp-tyo");
 }
 
-/// A restart-only setting changed in the file is kept at its running value
-/// (and logged), while the rest of the change applies.
+/// A file that also changes a restart-only setting is not refused: the
+/// rest of the change applies and serving goes on (which values are kept
+/// is unit-tested in `publish`).
 #[tokio::test]
 async fn restart_only_settings_keep_their_running_values() {
     let f = Fixture::start(world(), Options::default()).await;

@@ -17,7 +17,7 @@ pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use reqwest::Client;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -75,7 +75,8 @@ struct Task {
 
 /// Probing in the background; dropping it stops every probe task.
 pub struct Prober {
-    http: Option<(config::Probe, Client)>,
+    /// The probe client and the timeout it was built with.
+    http: Option<(Duration, Client)>,
     origin_tx: watch::Sender<Option<Arc<OriginSnapshot>>>,
     origin: Option<(Target, AbortHandle)>,
     mirrors: HashMap<Arc<str>, Task>,
@@ -125,7 +126,7 @@ impl Prober {
             self.stop_all();
             return Vec::new();
         }
-        let http = self.client(config.probe);
+        let http = self.client(config.probe.timeout);
         let origin_target = Target {
             url: config.origin.clone(),
             origin: config.origin.clone(),
@@ -207,13 +208,13 @@ impl Prober {
         self.mirrors.insert(name, task);
     }
 
-    /// The HTTP client for these settings, made anew when they change.
-    fn client(&mut self, settings: config::Probe) -> Client {
+    /// The HTTP client for this timeout, made anew when it changes.
+    fn client(&mut self, timeout: Duration) -> Client {
         match &self.http {
-            Some((s, c)) if s.timeout == settings.timeout => c.clone(),
+            Some((t, c)) if *t == timeout => c.clone(),
             _ => {
-                let c = check::client(settings.timeout);
-                self.http = Some((settings, c.clone()));
+                let c = check::client(timeout);
+                self.http = Some((timeout, c.clone()));
                 c
             }
         }
