@@ -32,7 +32,7 @@ REDIRECTOR=127.0.0.1:18181
 NGINX=127.0.0.1:18182
 CONTROL_ADDR=127.0.0.1:18183
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+source benches/common.sh
 need wrk wrk
 server_cpu=(); client_cpu=()
 if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
@@ -50,25 +50,13 @@ for _ in $(seq 100); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
 "${server_cpu[@]}" target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 redirector_pid=$!
 pids+=($redirector_pid)
-# Serve only once all 50 mirrors are verified, so every request is a real choice.
-for _ in $(seq 300); do [ "$(grep -c 'to=up' "$work/redirector.log" || true)" -ge 50 ] && break; sleep 0.1; done
-echo "redirector: $(grep -c 'to=up' "$work/redirector.log") of 50 mirrors eligible"
+wait_up "$work/redirector.log" 50
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<NGINX
-worker_processes $WORKERS;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+nginx_conf "$work" "$WORKERS" <<NGINX
   server {
     listen $NGINX;
     location / { return 302 https://m1.example.org/distri-mirror\$request_uri; }
   }
-}
 NGINX
 "${server_cpu[@]}" nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 nginx_pid=$!

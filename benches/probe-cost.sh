@@ -7,6 +7,7 @@
 #   MIRRORS=200 WINDOW=30 bash benches/probe-cost.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 MIRRORS=${MIRRORS:-1000}
 WINDOW=${WINDOW:-60}
 cargo build --release -q --example bench_fixture --bin distri-redirector
@@ -21,8 +22,7 @@ for _ in $(seq 300); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
 target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 pid=$!
 pids+=($pid)
-for _ in $(seq 600); do [ "$(grep -c 'to=up' "$work/redirector.log" || true)" -ge "$MIRRORS" ] && break; sleep 0.1; done
-echo "eligible: $(grep -c 'to=up' "$work/redirector.log") of $MIRRORS"
+wait_up "$work/redirector.log" "$MIRRORS" 60
 # Past the first rounds (which download each index once), into steady state.
 sleep 15
 ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }

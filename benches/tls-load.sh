@@ -18,7 +18,7 @@ WORKERS=${WORKERS:-2}
 REDIRECTOR=127.0.0.1:18443
 NGINX=127.0.0.1:18444
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+source benches/common.sh
 need wrk wrk
 need nginx nginx-light
 need openssl openssl
@@ -40,19 +40,9 @@ awk -v tls="$(cat "$work/tls.toml")" '/^\[probe\]/ && !done { print tls; print "
 target/release/distri-redirector serve --config "$work/r.toml" 2>"$work/redirector.log" &
 redirector_pid=$!
 pids+=($redirector_pid)
-for _ in $(seq 300); do [ "$(grep -c 'to=up' "$work/redirector.log" || true)" -ge 50 ] && break; sleep 0.1; done
-echo "redirector: $(grep -c 'to=up' "$work/redirector.log") of 50 mirrors eligible"
+wait_up "$work/redirector.log" 50
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<NGINX
-worker_processes $WORKERS;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+nginx_conf "$work" "$WORKERS" <<NGINX
   server {
     # Debian 12's nginx (1.22) predates "http2 on".
     listen $NGINX ssl http2;
@@ -63,7 +53,6 @@ http {
     keepalive_requests 1000000;
     location / { return 302 https://m1.example.org/distri-mirror\$request_uri; }
   }
-}
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 nginx_pid=$!

@@ -18,7 +18,7 @@ MIRRORS=${MIRRORS:-20}
 LB=127.0.0.1:18280
 PORTS=(18281 18282 18283)
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+source benches/common.sh
 need nginx nginx-light
 cargo build -q --release --example bench_fixture --bin distri-redirector
 bin=target/release/distri-redirector
@@ -45,27 +45,10 @@ start_replica() { # index
   replica_pid[$i]=$!
   pids+=($!)
 }
-wait_probed() { # index: until every mirror is verified up
-  local i=$1
-  for _ in $(seq 300); do
-    [ "$(grep -c 'to=up' "$work/r$i.log" || true)" -ge "$MIRRORS" ] && return 0
-    sleep 0.1
-  done
-  echo "replica $i: mirrors not verified in 30 s" >&2; return 1
-}
 for i in 0 1 2; do start_replica "$i"; done
-for i in 0 1 2; do wait_probed "$i"; done
+for i in 0 1 2; do wait_up "$work/r$i.log" "$MIRRORS"; done
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+nginx_conf "$work" 1 <<NGINX
   upstream redirectors {
     server 127.0.0.1:${PORTS[0]} max_fails=1 fail_timeout=1s;
     server 127.0.0.1:${PORTS[1]} max_fails=1 fail_timeout=1s;
@@ -84,7 +67,6 @@ http {
       proxy_next_upstream error timeout http_502 http_503;
     }
   }
-}
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
