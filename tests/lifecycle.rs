@@ -15,28 +15,6 @@ use tokio::task::JoinSet;
 
 const PKG: &str = "/distri/jackherer/pkg/pkg001-amd64-1.0-1.squashfs";
 
-/// Waits for `cond` on the running service, or panics naming `what`.
-async fn until(f: &Fixture, what: &str, cond: impl Fn(&Fixture) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond(f) {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn reloads(f: &Fixture) -> (u64, u64) {
-    let r = f.service.as_ref().unwrap().routing.load().reload.clone();
-    (r.applied, r.failed)
-}
-
-fn last_error(f: &Fixture) -> String {
-    let r = f.service.as_ref().unwrap().routing.load().reload.clone();
-    r.last_error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default()
-}
-
 fn weight_of(f: &Fixture, name: &str) -> Option<f64> {
     f.service
         .as_ref()
@@ -98,11 +76,11 @@ async fn reload_under_load_drops_nothing_and_takes_effect() {
     urls.push(f.url_of("us-sfo"));
     let text = config_text(&f.origin.url(), &Options::default(), &specs, &urls);
     std::fs::write(f.config_path(), text).unwrap();
-    until(&f, "the config change is applied", |f| {
+    f.until("the config change is applied", |f| {
         weight_of(f, "us-nyc") == Some(3.0) && weight_of(f, "br-sao").is_none()
     })
     .await;
-    until(&f, "us-sfo is probed and eligible", |f| {
+    f.until("us-sfo is probed and eligible", |f| {
         f.eligible().contains(&"us-sfo".to_string())
     })
     .await;
@@ -119,8 +97,9 @@ async fn reload_under_load_drops_nothing_and_takes_effect() {
             })
             .collect();
         write_nested_db_of(&db, &places);
-        let before = reloads(&f).0;
-        until(&f, "the database reload", |f| reloads(f).0 > before).await;
+        let before = f.reloads().0;
+        f.until("the database reload", |f| f.reloads().0 > before)
+            .await;
     }
 
     // 3. A reload with nothing changed, as SIGHUP asks.
@@ -145,7 +124,7 @@ async fn reload_under_load_drops_nothing_and_takes_effect() {
         }
     }
     assert!(total >= 100, "only {total} requests during the reloads");
-    assert_eq!(reloads(&f).1, 0, "no reload was refused");
+    assert_eq!(f.reloads().1, 0, "no reload was refused");
 }
 
 /// A config with an error, and a database that is garbage, are each
@@ -162,8 +141,9 @@ async fn bad_files_are_refused_and_the_old_ones_serve() {
     let good = std::fs::read_to_string(f.config_path()).unwrap();
     let bad = good.replacen("lat = 50.11", "lat = 95.0", 1);
     std::fs::write(f.config_path(), bad).unwrap();
-    until(&f, "the bad config is refused", |f| reloads(f).1 >= 1).await;
-    let e = last_error(&f);
+    f.until("the bad config is refused", |f| f.reloads().1 >= 1)
+        .await;
+    let e = f.reloads().2;
     assert!(
         e.contains("mirrors.toml:") && e.contains("mirror[0].lat"),
         "{e}"
@@ -174,8 +154,8 @@ async fn bad_files_are_refused_and_the_old_ones_serve() {
     let tmp = db.with_extension("tmp");
     std::fs::write(&tmp, b"this is not a MaxMind database").unwrap();
     std::fs::rename(&tmp, &db).unwrap();
-    until(&f, "the bad database is refused", |f| {
-        last_error(f).contains("test.mmdb")
+    f.until("the bad database is refused", |f| {
+        f.reloads().2.contains("test.mmdb")
     })
     .await;
     assert_eq!(f.where_to("3.0.0.1").await, "jp-tyo", "the old database");
@@ -183,7 +163,8 @@ async fn bad_files_are_refused_and_the_old_ones_serve() {
     // Fixed files are taken, and clear the error.
     std::fs::write(f.config_path(), &good).unwrap();
     write_nested_db(&db);
-    until(&f, "the fixed files load", |f| last_error(f).is_empty()).await;
+    f.until("the fixed files load", |f| f.reloads().2.is_empty())
+        .await;
     assert_eq!(f.where_to("3.0.0.1").await, "jp-tyo");
 }
 
@@ -198,7 +179,7 @@ async fn restart_only_settings_keep_their_running_values() {
         text.replacen("127.0.0.1:0", "127.0.0.1:1", 1)
             .replacen("lat = 50.11", "lat = 50.2", 1);
     std::fs::write(f.config_path(), text).unwrap();
-    until(&f, "the reload", |f| reloads(f).0 >= 1).await;
+    f.until("the reload", |f| f.reloads().0 >= 1).await;
     let routing = f.service.as_ref().unwrap().table();
     let m = routing.find("eu-fra").unwrap();
     assert_eq!(m.coord.lat, 50.2);

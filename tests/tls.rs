@@ -60,12 +60,8 @@ fn tls_addr(f: &Fixture) -> SocketAddr {
     f.service.as_ref().unwrap().tls_addrs[0]
 }
 
-/// A TLS connection trusting only `root`, offering `alpn`.
-async fn connect(
-    addr: SocketAddr,
-    root: &CertificateDer<'static>,
-    alpn: &[u8],
-) -> TlsStream<TcpStream> {
+/// A client configuration trusting only `root`, offering `alpn`.
+fn client_config(root: &CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -75,8 +71,17 @@ async fn connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
     TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS connection trusting only `root`, offering `alpn`.
+async fn connect(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    client_config(root, alpn)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("handshake")
@@ -238,15 +243,7 @@ async fn a_renewed_certificate_is_taken_without_a_restart() {
 
 /// Whether the server presents `cert` (a handshake trusting only it works).
 async fn presented(tcp: TcpStream, cert: &CertificateDer<'static>) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    client_config(cert, b"http/1.1")
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .is_ok()
@@ -262,16 +259,9 @@ async fn a_broken_certificate_is_refused_and_the_old_one_serves() {
     let other = tempfile::tempdir().unwrap();
     write_cert(other.path());
     std::fs::copy(other.path().join("key.pem"), certs.path().join("key.pem")).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = f.service.as_ref().unwrap().routing.load().reload.clone();
-        if let Some(e) = &r.last_error {
-            assert!(e.message.contains("key.pem"), "{}", e.message);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not refused");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    f.until("the key is refused", |f| f.reloads().1 >= 1).await;
+    let e = f.reloads().2;
+    assert!(e.contains("key.pem"), "{e}");
     let mut tls = connect(tls_addr(&f), &first, b"http/1.1").await;
     assert!(get_h1(&mut tls, "").await.starts_with("HTTP/1.1 302"));
 }

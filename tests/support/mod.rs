@@ -279,6 +279,23 @@ impl Fixture {
         }
     }
 
+    /// Waits until `cond` holds of the running service (20 s at most), or
+    /// panics naming `what`.
+    pub async fn until(&self, what: &str, cond: impl Fn(&Fixture) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !cond(self) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The service's reload record: (applied, refused, last error).
+    pub fn reloads(&self) -> (u64, u64, String) {
+        let r = self.service.as_ref().unwrap().routing.load().reload.clone();
+        let last = r.last_error.as_ref().map(|e| e.message.clone());
+        (r.applied, r.failed, last.unwrap_or_default())
+    }
+
     /// Waits until exactly `want` are eligible, or panics at the deadline.
     pub async fn wait_eligible(&self, want: &[&str], within: Duration) -> Duration {
         let start = tokio::time::Instant::now();
