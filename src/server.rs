@@ -156,16 +156,27 @@ pub async fn run(
             peer,
             stop: stopping.clone(),
         };
-        let tls = listener.tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => task.serve_plain(stream).await,
-                // The handshake runs in the connection's task, after the
-                // permit: a slow handshake holds its own slot, not the loop.
-                Some(acceptor) => task.serve_tls(acceptor, stream).await,
+        // Two spawns, not one task matching on the kind: a task is as big
+        // as its largest path, and a plain connection's task would carry
+        // (and copy) room for a TLS session (measured: memmove went from 2%
+        // to 7% of the server's time with a new connection per request).
+        match &listener.tls {
+            None => {
+                tokio::spawn(async move {
+                    task.serve_plain(stream).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            // The handshake runs in the connection's task, after the
+            // permit: a slow handshake holds its own slot, not the loop.
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    task.serve_tls(acceptor, stream).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listeners);
     drop(stopping);
