@@ -74,23 +74,10 @@ if [ "$CONTROL" = 1 ]; then
   echo "CONTROL=1: the \"redirector\" below is a second, identical nginx"
 fi
 
-# CPU time (user + system, in clock ticks) of processes and their threads.
-ticks() { for p in "$@"; do cat /proc/"$p"/task/*/stat; done 2>/dev/null | awk '{ t += $14 + $15 } END { print t }'; }
-hz=$(getconf CLK_TCK)
-
-# One wrk run: prints "rps p50_ms p99_ms cpu_us_per_request" (the server's
-# CPU, all its processes and threads, divided by the requests served).
 run() { # target close pids...
   local target=$1 close=$2; shift 2
-  local t0; t0=$(ticks "$@")
-  WRK_CLOSE=$close "${client_cpu[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "http://$target" 2>/dev/null > "$work/wrk.out"
-  awk -v t0="$t0" -v t1="$(ticks "$@")" -v hz="$hz" '
-    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-    /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
-    END { printf "%.0f %.3f %.3f %.2f\n", rps, p50, p99, n ? (t1 - t0) / hz * 1e6 / n : 0 }' "$work/wrk.out"
+  WRK_PREFIX="${client_cpu[*]}" wrk_run "http://$target" "$close" "$@"
 }
-
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
 for mode in $MODES; do
@@ -101,16 +88,7 @@ for mode in $MODES; do
     echo "  $mode round $r: nginx $n | redirector $d"
     echo "$n" >> "$work/n.$mode"; echo "$d" >> "$work/r.$mode"
   done
-  for f in n r; do
-    for col in 1 2 3 4; do cut -d' ' -f$col "$work/$f.$mode" | median > "$work/$f.$mode.$col"; done
-  done
-  printf '%-10s nginx %8s req/s p50 %6s ms p99 %6s ms | redirector %8s req/s p50 %6s ms p99 %6s ms\n' "$mode" \
-    "$(cat "$work/n.$mode.1")" "$(cat "$work/n.$mode.2")" "$(cat "$work/n.$mode.3")" \
-    "$(cat "$work/r.$mode.1")" "$(cat "$work/r.$mode.2")" "$(cat "$work/r.$mode.3")"
-  awk -v m="$mode" -v nr="$(cat "$work/n.$mode.1")" -v rr="$(cat "$work/r.$mode.1")" \
-      -v n99="$(cat "$work/n.$mode.3")" -v r99="$(cat "$work/r.$mode.3")" \
-      -v nc="$(cat "$work/n.$mode.4")" -v rc="$(cat "$work/r.$mode.4")" \
-    'BEGIN { printf "%-10s ratio redirector/nginx: throughput %.2fx, p99 latency %.2fx, CPU per request %.2fx (%.2f vs %.2f us)\n", m, rr / nr, r99 / n99, rc / nc, rc, nc }'
+  summarise "$mode" "$work/n.$mode" "$work/r.$mode"
 done
 
 rss() { awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status"; }

@@ -107,6 +107,37 @@ fn location(head: &str) -> &str {
         .unwrap_or_else(|| panic!("no location in {head}"))
 }
 
+/// The server's suite order decides: a client that lists AES-256-GCM-SHA384
+/// first, as OpenSSL and Go do, gets AES-128-GCM-SHA256, whose key schedule
+/// costs the server a fraction (SHA-256 in hardware).
+#[tokio::test]
+async fn the_server_prefers_sha256_suites() {
+    let certs = tempfile::tempdir().unwrap();
+    let root = write_cert(certs.path());
+    let f = tls_fixture(certs.path()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client offers SHA-384 first"
+    );
+    provider.cipher_suites.truncate(2);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(tls_addr(&f)).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
 /// HTTP/2 by ALPN: 500 requests at once on one connection, all answered,
 /// and each client sent to the origin, since every mirror is `http://`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
