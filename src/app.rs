@@ -14,9 +14,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{self, Config};
 use crate::frontend::Frontend;
 use crate::geoip::{GeoDb, GeoIpError};
+use crate::metrics::Metrics;
+use crate::probe::board::Board;
 use crate::publish::{Publisher, Trigger};
 use crate::routing::{Routing, SharedRouting};
 use crate::server::{self, Listener};
+use crate::stats::Tally;
+use crate::status::{self, Pages};
 use crate::table::{Status, Table};
 use crate::tls::{self, Certs, TlsError};
 
@@ -38,9 +42,12 @@ pub struct Running {
     pub addrs: Vec<SocketAddr>,
     /// The bound HTTPS addresses.
     pub tls_addrs: Vec<SocketAddr>,
+    /// The bound admin addresses (metrics, status page).
+    pub admin_addrs: Vec<SocketAddr>,
     /// What requests read now.
     pub routing: SharedRouting,
     triggers: mpsc::UnboundedSender<Trigger>,
+    pages: Arc<Pages>,
     /// The publisher (and through it the prober); dropping it stops them.
     _background: JoinSet<()>,
     /// Dropping it, or sending `true`, stops every accept loop.
@@ -59,6 +66,12 @@ impl Running {
     /// Returns at once; the reload happens in the background.
     pub fn reload(&self) {
         let _ = self.triggers.send(Trigger::Signal);
+    }
+
+    /// Renders the status page now, with the latest counts, instead of
+    /// at the next minute. Returns at once.
+    pub fn redraw_status(&self) {
+        self.pages.redraw();
     }
 
     /// Stops accepting, lets open connections finish within the grace
@@ -116,6 +129,9 @@ impl Signals {
     }
 }
 
+/// Connections the admin listener serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// Opens the database and certificate, binds the listeners, starts the
 /// publisher and prober on the calling runtime and the serving runtime
 /// with `server.workers` threads.
@@ -131,7 +147,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     // Until the first round verifies a mirror, everything goes to the origin.
     let table = Table::from_config(&config.mirrors, Status::unprobed(), config.selection);
-    let routing = Routing::new(config, geo, table).share();
+    let tally = Arc::new(Tally::default());
+    let board = Arc::new(Board::default());
+    let pages = Arc::new(Pages::default());
+    let routing = Routing::new(config, geo, table).counted(&tally).share();
     let workers = config.server.workers;
     let plain = server::bind_workers(&config.listen, workers)?;
     let tls_addrs: &[SocketAddr] = config.tls.as_ref().map_or(&[], |t| &t.listen);
@@ -142,18 +161,30 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .filter_map(|l| l.local_addr().ok())
             .collect()
     };
-    let (addrs, tls_addrs) = (bound(&plain), bound(&secure));
-    let frontend = Arc::new(Frontend::new(routing.clone()));
+    // One admin socket is plenty: it serves scrapes and a page now and then.
+    let admin_addrs: &[SocketAddr] = config.admin.as_ref().map_or(&[], |a| &a.listen);
+    let admin = server::bind_workers(admin_addrs, 1)?;
+    let (addrs, tls_addrs, admin_addrs) = (bound(&plain), bound(&secure), bound(&admin));
+    let metrics = Arc::new(Metrics {
+        tally: tally.clone(),
+        board: board.clone(),
+    });
+    let frontend = Arc::new(
+        Frontend::new(routing.clone())
+            .counting(tally.clone())
+            .with_pages(pages.clone())
+            .with_metrics(metrics),
+    );
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
     let (stop, stop_rx) = watch::channel(false);
-    let loops = plain
+    let mut loops: Vec<AcceptLoop> = plain
         .into_iter()
         .zip(secure)
         .map(|(plain, secure)| AcceptLoop {
             listeners: plain
                 .into_iter()
-                .map(|l| (l, None))
-                .chain(secure.into_iter().map(|l| (l, acceptor.clone())))
+                .map(|l| (l, None, false))
+                .chain(secure.into_iter().map(|l| (l, acceptor.clone(), false)))
                 .collect(),
             frontend: frontend.clone(),
             limits: config.server,
@@ -161,6 +192,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             stop: stop_rx.clone(),
         })
         .collect();
+    if let Some(admin) = admin.into_iter().next().filter(|a| !a.is_empty()) {
+        // Its own connection cap: a flood of public connections must not
+        // lock the operator out of the metrics that show it.
+        loops.push(AcceptLoop {
+            listeners: admin.into_iter().map(|l| (l, None, true)).collect(),
+            frontend: frontend.clone(),
+            limits: config.server,
+            permits: Arc::new(Semaphore::new(ADMIN_CONNECTIONS)),
+            stop: stop_rx.clone(),
+        });
+    }
     let (probed_tx, probed_rx) = mpsc::unbounded_channel();
     let (triggers, triggers_rx) = mpsc::unbounded_channel();
     let publisher = Publisher::new(
@@ -169,15 +211,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         certs,
         probed_tx,
         triggers.clone(),
+        tally.clone(),
+        board.clone(),
     );
     let mut background = JoinSet::new();
     background.spawn(publisher.run(probed_rx, triggers_rx));
+    background.spawn(status::run(pages.clone(), routing.clone(), tally, board));
     Ok(Running {
         addrs,
         tls_addrs,
+        admin_addrs,
         stopped: serve(loops, workers)?,
         routing,
         triggers,
+        pages,
         _background: background,
         stop,
     })
@@ -234,7 +281,8 @@ fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Rec
 
 /// One set of listening sockets and what it serves.
 struct AcceptLoop {
-    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>)>,
+    /// Each socket, the TLS it speaks, and whether it is an admin socket.
+    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>, bool)>,
     frontend: Arc<Frontend>,
     limits: config::Server,
     permits: Arc<Semaphore>,
@@ -247,7 +295,9 @@ impl AcceptLoop {
         let listeners: Result<Vec<Listener>, _> = self
             .listeners
             .into_iter()
-            .map(|(l, tls)| TcpListener::from_std(l).map(|socket| Listener { socket, tls }))
+            .map(|(l, tls, admin)| {
+                TcpListener::from_std(l).map(|socket| Listener { socket, tls, admin })
+            })
             .collect();
         let listeners = match listeners {
             Ok(l) => l,

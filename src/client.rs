@@ -31,29 +31,118 @@ pub struct Sender {
 /// saying https counts: erring that way only narrows the client to
 /// `https://` mirrors, never the reverse.
 pub fn sender(peer: IpAddr, tls: bool, headers: &HeaderMap, trusted: &[IpNet]) -> Sender {
-    let peer = peer.to_canonical();
-    if !is_trusted(peer, trusted) {
-        return Sender {
-            ip: peer,
-            https: tls,
-        };
-    }
-    Sender {
-        ip: forwarded_ip(peer, headers, trusted),
-        https: tls || forwarded_https(headers),
+    derive(peer, tls, headers, trusted, &mut |_| {}).0
+}
+
+/// How the client's address was found, for `?mirrorlist`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derivation {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    pub via: Via,
+    /// The trusted proxies passed over, from the peer inwards (the peer
+    /// first, when it is one).
+    pub proxies: Vec<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The TCP peer, which is not a trusted proxy.
+    Peer,
+    /// A trusted peer that sent no forwarding header.
+    TrustedPeerWithoutHeader,
+    /// A trusted peer whose forwarding header did not parse: the peer.
+    MalformedHeader,
+    XForwardedFor,
+    Forwarded,
+}
+
+impl Via {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Via::Peer => "the TCP peer (not a trusted proxy)",
+            Via::TrustedPeerWithoutHeader => {
+                "the TCP peer (a trusted proxy that sent no forwarding header)"
+            }
+            Via::MalformedHeader => "the TCP peer (its forwarding header did not parse)",
+            Via::XForwardedFor => "X-Forwarded-For, through trusted proxies",
+            Via::Forwarded => "Forwarded (RFC 7239), through trusted proxies",
+        }
     }
 }
 
+/// [`sender`], and how its address was found.
+pub fn explain(
+    peer: IpAddr,
+    tls: bool,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> (Sender, Derivation) {
+    let mut proxies = Vec::new();
+    let (sender, via) = derive(peer, tls, headers, trusted, &mut |hop| proxies.push(hop));
+    match via {
+        // Every entry was a trusted proxy: the leftmost is the client.
+        Via::XForwardedFor | Via::Forwarded if proxies.last() == Some(&sender.ip) => {
+            proxies.pop();
+        }
+        Via::MalformedHeader => proxies.clear(),
+        _ => {}
+    }
+    if via != Via::Peer {
+        proxies.insert(0, peer.to_canonical());
+    }
+    let derivation = Derivation {
+        peer: peer.to_canonical(),
+        via,
+        proxies,
+    };
+    (sender, derivation)
+}
+
+/// The one implementation behind [`sender`] and [`explain`]: `hop` hears
+/// each trusted proxy passed over in the headers.
+fn derive(
+    peer: IpAddr,
+    tls: bool,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    hop: &mut impl FnMut(IpAddr),
+) -> (Sender, Via) {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer, trusted) {
+        let sender = Sender {
+            ip: peer,
+            https: tls,
+        };
+        return (sender, Via::Peer);
+    }
+    let (ip, via) = forwarded_ip(peer, headers, trusted, hop);
+    let sender = Sender {
+        ip,
+        https: tls || forwarded_https(headers),
+    };
+    (sender, via)
+}
+
 /// The address a trusted peer's forwarding headers report, or the peer.
-fn forwarded_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let from_xff = walk(headers, &X_FORWARDED_FOR, trusted, parse_xff_entry);
-    let found = match from_xff {
-        Walk::Absent => walk(headers, &FORWARDED, trusted, parse_forwarded_element),
-        other => other,
+fn forwarded_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    hop: &mut impl FnMut(IpAddr),
+) -> (IpAddr, Via) {
+    let from_xff = walk(headers, &X_FORWARDED_FOR, trusted, parse_xff_entry, hop);
+    let (found, via) = match from_xff {
+        Walk::Absent => (
+            walk(headers, &FORWARDED, trusted, parse_forwarded_element, hop),
+            Via::Forwarded,
+        ),
+        other => (other, Via::XForwardedFor),
     };
     match found {
-        Walk::Client(ip) => ip,
-        Walk::Absent | Walk::Malformed => peer,
+        Walk::Client(ip) => (ip, via),
+        Walk::Absent => (peer, Via::TrustedPeerWithoutHeader),
+        Walk::Malformed => (peer, Via::MalformedHeader),
     }
 }
 
@@ -95,6 +184,7 @@ fn walk(
     name: &HeaderName,
     trusted: &[IpNet],
     parse: fn(&str) -> Option<IpAddr>,
+    hop: &mut impl FnMut(IpAddr),
 ) -> Walk {
     let mut values = headers.get_all(name).iter().rev().peekable();
     if values.peek().is_none() {
@@ -112,6 +202,7 @@ fn walk(
             if !is_trusted(ip, trusted) {
                 return Walk::Client(ip);
             }
+            hop(ip);
             leftmost = Some(ip);
         }
     }

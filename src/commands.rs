@@ -5,10 +5,11 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::client::Sender;
 use crate::config::{Config, ConfigError};
+use crate::explain::explain;
 use crate::geoip::{GeoDb, GeoIpError};
 use crate::probe::{self, RoundRow, check::ProbeError};
-use crate::select::{Client, explain};
 use crate::table::{Status, Table};
 
 /// Why a subcommand failed.
@@ -149,31 +150,9 @@ pub fn locate(
 ) -> Result<(), CommandError> {
     let geo = GeoDb::open(&config.geoip)?;
     for &ip in ips {
-        let loc = geo.lookup(ip);
-        let country = loc.country.map_or("unknown".to_string(), |c| c.to_string());
-        let coord = loc.coord.map_or("unknown".to_string(), |c| {
-            format!("{:.2},{:.2}", c.lat, c.lon)
-        });
-        writeln!(out, "{ip}: country {country}, at {coord} ({})", loc.source)?;
-        let client = Client::new(ip, &loc);
-        let considered = explain(table, &client);
-        if considered.is_empty() {
-            writeln!(out, "  no mirrors configured: origin {}", config.origin)?;
-        }
-        for c in considered {
-            let m = table.get(c.id);
-            let dist = c
-                .distance_km
-                .map_or("?".to_string(), |d| format!("{d:.0} km"));
-            writeln!(
-                out,
-                "  {:<16} {:>9}  {}  [{}: {}]",
-                m.name, dist, c.verdict, m.status.health, m.status.reason
-            )?;
-        }
-        if crate::select::select(table, &client).is_none() {
-            writeln!(out, "  -> origin {}", config.origin)?;
-        }
+        let sender = Sender { ip, https: false };
+        let e = explain(table, &geo, &config.origin, sender, None);
+        out.write_all(e.text().as_bytes())?;
     }
     Ok(())
 }

@@ -33,7 +33,28 @@ pub struct Config {
     pub selection: Selection,
     pub probe: Probe,
     pub server: Server,
+    /// Where the origin is, if known: the distance clients sent there
+    /// travel, on the status page's coverage map.
+    pub origin_at: Option<Coord>,
+    /// The admin listener (metrics, status page); none when absent.
+    pub admin: Option<Admin>,
+    pub log: Log,
     pub mirrors: Vec<Mirror>,
+}
+
+/// The `[admin]` table: a listener for `/metrics`, never the public one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admin {
+    pub listen: Vec<SocketAddr>,
+}
+
+/// The `[log]` table.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Log {
+    /// One line per request (off by default).
+    pub access: bool,
+    /// Every log line as JSON, for log shippers (takes effect at start).
+    pub json: bool,
 }
 
 /// How near-equal mirrors share load.
@@ -170,6 +191,11 @@ struct RawConfig {
     probe: RawProbe,
     #[serde(default)]
     server: RawServer,
+    origin_lat: Option<Spanned<f64>>,
+    origin_lon: Option<Spanned<f64>>,
+    admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    log: RawLog,
     #[serde(default, rename = "mirror")]
     mirrors: Vec<RawMirror>,
 }
@@ -201,6 +227,19 @@ struct RawServer {
     workers: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
     http2_max_streams: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<bool>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +345,9 @@ impl Config {
             selection: selection(&src, raw.selection)?,
             probe: probe(&src, raw.probe)?,
             server: server(&src, raw.server)?,
+            origin_at: origin_at(&src, raw.origin_lat, raw.origin_lon)?,
+            admin: raw.admin.map(|a| admin(&src, a)).transpose()?,
+            log: log(&src, raw.log)?,
             mirrors: mirrors(&src, raw.mirrors)?,
         })
     }
@@ -363,6 +405,84 @@ fn tls(src: &Src, base: &Path, raw: Spanned<RawTls>) -> Result<Tls, ConfigError>
         cert: readable_file(src, base, "tls.cert", &raw.cert)?,
         key: readable_file(src, base, "tls.key", &raw.key)?,
     })
+}
+
+fn admin(src: &Src, raw: Spanned<RawAdmin>) -> Result<Admin, ConfigError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if raw.listen.get_ref().is_empty() {
+        return Err(src.err(
+            span,
+            "admin.listen",
+            "needs at least one address; remove [admin] for no admin listener",
+        ));
+    }
+    Ok(Admin {
+        listen: addresses(src, "admin.listen", raw.listen.get_ref())?,
+    })
+}
+
+fn log(src: &Src, raw: RawLog) -> Result<Log, ConfigError> {
+    let json = match &raw.format {
+        None => false,
+        Some(f) => match f.get_ref().as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(src.err(
+                    f.span(),
+                    "log.format",
+                    format!("{other:?}: use \"text\" or \"json\""),
+                ));
+            }
+        },
+    };
+    Ok(Log {
+        access: raw.access.unwrap_or(false),
+        json,
+    })
+}
+
+/// `origin_lat` and `origin_lon`: both or neither.
+fn origin_at(
+    src: &Src,
+    lat: Option<Spanned<f64>>,
+    lon: Option<Spanned<f64>>,
+) -> Result<Option<Coord>, ConfigError> {
+    match (lat, lon) {
+        (None, None) => Ok(None),
+        (Some(lat), Some(lon)) => coord(src, "origin_", &lat, &lon).map(Some),
+        (Some(only), None) | (None, Some(only)) => Err(src.err(
+            only.span(),
+            "origin_lat",
+            "origin_lat and origin_lon go together: set both or neither",
+        )),
+    }
+}
+
+/// A place from `lat` and `lon`, each in range; `prefix` names the keys.
+fn coord(
+    src: &Src,
+    prefix: &str,
+    lat: &Spanned<f64>,
+    lon: &Spanned<f64>,
+) -> Result<Coord, ConfigError> {
+    let (la, lo) = (*lat.get_ref(), *lon.get_ref());
+    if !(-90.0..=90.0).contains(&la) {
+        return Err(src.err(
+            lat.span(),
+            format!("{prefix}lat"),
+            format!("{la} is outside -90..90"),
+        ));
+    }
+    if !(-180.0..=180.0).contains(&lo) {
+        return Err(src.err(
+            lon.span(),
+            format!("{prefix}lon"),
+            format!("{lo} is outside -180..180"),
+        ));
+    }
+    Ok(Coord::new(la, lo).expect("ranges checked above"))
 }
 
 /// A base URL: http or https, a host, no credentials, query or fragment;
@@ -612,21 +732,7 @@ fn mirrors(src: &Src, raw: Vec<RawMirror>) -> Result<Vec<Mirror>, ConfigError> {
                 format!("{name:?} is used by another mirror"),
             ));
         }
-        let (lat, lon) = (*m.lat.get_ref(), *m.lon.get_ref());
-        if !(-90.0..=90.0).contains(&lat) {
-            return Err(src.err(
-                m.lat.span(),
-                key("lat"),
-                format!("{lat} is outside -90..90"),
-            ));
-        }
-        if !(-180.0..=180.0).contains(&lon) {
-            return Err(src.err(
-                m.lon.span(),
-                key("lon"),
-                format!("{lon} is outside -180..180"),
-            ));
-        }
+        let at = coord(src, &key(""), &m.lat, &m.lon)?;
         let weight = match &m.weight {
             None => 1.0,
             Some(w) if w.get_ref().is_finite() && *w.get_ref() > 0.0 => *w.get_ref(),
@@ -667,7 +773,7 @@ fn mirrors(src: &Src, raw: Vec<RawMirror>) -> Result<Vec<Mirror>, ConfigError> {
         out.push(Mirror {
             name: name.clone(),
             url: base_url(src, &key("url"), &m.url)?,
-            coord: Coord::new(lat, lon).expect("ranges checked above"),
+            coord: at,
             weight,
             countries,
             ipv6: m.ipv6.unwrap_or(true),

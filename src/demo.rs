@@ -101,6 +101,8 @@ pub async fn run(
             ..config::Probe::default()
         },
         mirrors,
+        // The demo's origin stands where distri's is: in Europe.
+        origin_at: base.origin_at.or(Coord::new(47.37, 8.54)),
         ..base.clone()
     };
     let running = app::start(&config).await?;
@@ -125,6 +127,16 @@ pub async fn run(
         config.geoip.display()
     );
     show_clients(addr).await?;
+    sample_traffic(addr, SAMPLE_REQUESTS).await?;
+    running.redraw_status();
+    println!("\n{SAMPLE_REQUESTS} more requests from random addresses fill the status page's map.");
+    println!("\nStatus page:   http://{addr}/mirrors   (JSON: http://{addr}/mirrors.json)");
+    println!(
+        "Why a mirror:  http://{addr}/distri/jackherer/pkg/pkg000-amd64-1.0-1.squashfs?mirrorlist&ip=8.8.8.8"
+    );
+    for a in &running.admin_addrs {
+        println!("Metrics:       http://{a}/metrics");
+    }
     println!("\nTry it (Ctrl-C stops the demo):");
     println!(
         "  curl -sI -H 'X-Forwarded-For: 193.0.6.139' http://{addr}/distri/jackherer/pkg/pkg000-amd64-1.0-1.squashfs"
@@ -151,6 +163,31 @@ async fn wait_first_round(running: &app::Running) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Requests from random addresses the demo sends, for the coverage map.
+const SAMPLE_REQUESTS: usize = 2000;
+
+/// `n` fetches from random public IPv4 addresses (as a trusted proxy would
+/// report them), a few dozen at a time.
+async fn sample_traffic(addr: SocketAddr, n: usize) -> Result<(), DemoError> {
+    let http = crate::probe::check::client(Duration::from_secs(5));
+    let url = format!("http://{addr}/distri/jackherer/pkg/pkg000-amd64-1.0-1.squashfs");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::from(rand::random_range(16u32 << 24..224u32 << 24));
+        let req = http.get(&url).header("x-forwarded-for", ip.to_string());
+        set.spawn(async move { req.send().await.map(|_| ()) });
+        if i % 32 == 31 {
+            while let Some(r) = set.join_next().await {
+                r.map_err(std::io::Error::other)??;
+            }
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(std::io::Error::other)??;
+    }
+    Ok(())
 }
 
 async fn show_clients(addr: SocketAddr) -> Result<(), DemoError> {

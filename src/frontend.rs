@@ -6,21 +6,31 @@
 //! service sends is chosen in these two functions.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::client::sender;
+use crate::client::{self, sender};
+use crate::explain::explain;
+use crate::metrics::Metrics;
 use crate::path::{self, PathError};
 use crate::routing::{Routing, SharedRouting};
 use crate::select::{Client, select};
+use crate::stats::{Other, Tally, UNPLACED, cell_of};
+use crate::status::Pages;
+use crate::table::MirrorId;
 
 /// What the front-end needs, shared by every connection: the published
-/// routing snapshot, loaded once per request.
+/// routing snapshot, loaded once per request, and what counts and shows
+/// the requests.
 pub struct Frontend {
     routing: SharedRouting,
+    tally: Option<Arc<Tally>>,
+    pages: Option<Arc<Pages>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The connection a request came on.
@@ -29,11 +39,17 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Over TLS: the client is sent to `https://` mirrors only.
     pub tls: bool,
+    /// The admin listener: metrics and status pages, no redirects.
+    pub admin: bool,
 }
 
 impl Conn {
     pub fn plain(peer: SocketAddr) -> Conn {
-        Conn { peer, tls: false }
+        Conn {
+            peer,
+            tls: false,
+            admin: false,
+        }
     }
 }
 
@@ -46,37 +62,138 @@ pub enum Outcome {
     },
     Healthy,
     BadPath(PathError),
+    /// A query the service reads (`?mirrorlist&ip=`) that does not parse.
+    BadQuery(String),
     MethodNotAllowed,
+    /// A path the admin listener does not serve.
+    NotFound,
+    /// A page: the status page, its JSON, metrics, an explanation.
+    Page {
+        body: Bytes,
+        content_type: HeaderValue,
+    },
 }
+
+/// Where a request went, for counting and the access log.
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    to: To,
+    client: Option<IpAddr>,
+    cell: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum To {
+    Mirror(MirrorId),
+    /// The origin, for want of a candidate.
+    Origin,
+    Other(Other),
+}
+
+impl Served {
+    fn other(o: Other) -> Served {
+        Served {
+            to: To::Other(o),
+            client: None,
+            cell: UNPLACED,
+        }
+    }
+}
+
+static HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl Frontend {
     pub fn new(routing: SharedRouting) -> Frontend {
-        Frontend { routing }
+        Frontend {
+            routing,
+            tally: None,
+            pages: None,
+            metrics: None,
+        }
     }
 
-    /// Decides and responds.
+    /// Counts every request in `tally` (and times it).
+    pub fn counting(self, tally: Arc<Tally>) -> Frontend {
+        Frontend {
+            tally: Some(tally),
+            ..self
+        }
+    }
+
+    /// Serves the status page (`/mirrors`, `/mirrors.json`) from `pages`.
+    pub fn with_pages(self, pages: Arc<Pages>) -> Frontend {
+        Frontend {
+            pages: Some(pages),
+            ..self
+        }
+    }
+
+    /// Serves `/metrics` on admin connections.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Frontend {
+        Frontend {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// Decides, counts, logs and responds.
     pub fn handle<B>(&self, req: &Request<B>, conn: Conn) -> Response<Full<Bytes>> {
-        respond(self.decide(req, conn), req.method() == Method::HEAD)
+        let start = self.tally.as_ref().map(|t| t.clock.raw());
+        let routing = self.routing.load();
+        let (outcome, served) = self.route(req, conn, &routing);
+        let resp = respond(outcome, req.method() == Method::HEAD);
+        if let Some(t) = &self.tally {
+            count(t, &routing, served);
+        }
+        let elapsed = match (&self.tally, start) {
+            (Some(t), Some(s)) => {
+                let ns = t.clock.delta_as_nanos(s, t.clock.raw());
+                t.latency.record(ns);
+                ns
+            }
+            _ => 0,
+        };
+        if routing.policy.access_log {
+            access_log(req, &resp, served, &routing, elapsed);
+        }
+        resp
     }
 
+    /// The outcome alone, as `handle` would decide it.
     pub fn decide<B>(&self, req: &Request<B>, conn: Conn) -> Outcome {
+        self.route(req, conn, &self.routing.load()).0
+    }
+
+    fn route<B>(&self, req: &Request<B>, conn: Conn, routing: &Routing) -> (Outcome, Served) {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Outcome::MethodNotAllowed;
+            return (
+                Outcome::MethodNotAllowed,
+                Served::other(Other::MethodNotAllowed),
+            );
         }
         let raw = req.uri().path();
         if raw == "/healthz" {
-            return Outcome::Healthy;
+            return (Outcome::Healthy, Served::other(Other::Health));
+        }
+        if let Some(page) = self.page(raw, conn, routing) {
+            return (page, Served::other(Other::Page));
+        }
+        if conn.admin {
+            return (Outcome::NotFound, Served::other(Other::BadRequest));
         }
         let path = match path::normalise(raw) {
             Ok(p) => p,
-            Err(e) => return Outcome::BadPath(e),
+            Err(e) => return (Outcome::BadPath(e), Served::other(Other::BadRequest)),
         };
-        // One load for the whole decision: a reload in between cannot mix
-        // an old policy with a new table.
-        let routing = self.routing.load();
+        if let Some(query) = req.uri().query().filter(|q| wants_mirrorlist(q)) {
+            let outcome = mirrorlist(req, conn, routing, &path, query);
+            return (outcome, Served::other(Other::Page));
+        }
         let policy = &routing.policy;
         if !policy.is_release_path(&path) {
-            return redirect(&policy.origin, &path);
+            let served = Served::other(Other::NotRelease);
+            return (redirect(&policy.origin, &path), served);
         }
         let from = sender(
             conn.peer.ip(),
@@ -84,19 +201,153 @@ impl Frontend {
             req.headers(),
             &policy.trusted_proxies,
         );
-        redirect_for(&routing, from.ip, from.https, &path)
+        redirect_for(routing, from.ip, from.https, &path)
+    }
+
+    /// The status page, its JSON and (on the admin listener) metrics.
+    fn page(&self, raw: &str, conn: Conn, routing: &Routing) -> Option<Outcome> {
+        let body = match raw {
+            "/mirrors" | "/mirrors/" => (self.pages.as_ref()?.html(), HTML.clone()),
+            "/mirrors.json" => (self.pages.as_ref()?.json(), JSON.clone()),
+            "/metrics" if conn.admin => (
+                Bytes::from(self.metrics.as_ref()?.render(routing)),
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            ),
+            _ => return None,
+        };
+        Some(Outcome::Page {
+            body: body.0,
+            content_type: body.1,
+        })
     }
 }
 
 /// Where `ip` goes for a path of a current release.
-fn redirect_for(routing: &Routing, ip: IpAddr, https_only: bool, path: &str) -> Outcome {
+fn redirect_for(routing: &Routing, ip: IpAddr, https_only: bool, path: &str) -> (Outcome, Served) {
     let location = routing.geo.lookup(ip);
     let client = Client::new(ip, &location).https_only(https_only);
     let table = &routing.table;
-    match select(table, &client) {
-        Some(id) => redirect(&table.get(id).base, path),
-        None => redirect(&routing.policy.origin, path),
+    let cell = cell_of(location.coord);
+    let (base, to) = match select(table, &client) {
+        Some(id) => (&table.get(id).base, To::Mirror(id)),
+        None => (&routing.policy.origin, To::Origin),
+    };
+    let served = Served {
+        to,
+        client: Some(ip),
+        cell,
+    };
+    (redirect(base, path), served)
+}
+
+/// One add, to where the request went.
+#[inline]
+fn count(tally: &Tally, routing: &Routing, served: Served) {
+    match served.to {
+        To::Mirror(id) => {
+            if let Some(sent) = routing.sent.get(id) {
+                sent.add(served.cell);
+            }
+        }
+        To::Origin => tally.origin.add(served.cell),
+        To::Other(o) => tally.other(o),
     }
+}
+
+/// `mirrorlist` as a key of the query (`?mirrorlist`, `?mirrorlist=1`).
+fn wants_mirrorlist(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == "mirrorlist")
+}
+
+/// The explanation of where this request, or `&ip=`, would go.
+fn mirrorlist<B>(
+    req: &Request<B>,
+    conn: Conn,
+    routing: &Routing,
+    path: &str,
+    query: &str,
+) -> Outcome {
+    let policy = &routing.policy;
+    let given = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ip="))
+        .map(|v| {
+            let text = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+            text.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("400 Bad Request: ip={text:?} is not an IP address\n"))
+        })
+        .transpose();
+    let given = match given {
+        Ok(g) => g,
+        Err(message) => return Outcome::BadQuery(message),
+    };
+    let (from, derivation) = client::explain(
+        conn.peer.ip(),
+        conn.tls,
+        req.headers(),
+        &policy.trusted_proxies,
+    );
+    let (from, derivation) = match given {
+        Some(ip) => (
+            client::Sender {
+                ip,
+                https: from.https,
+            },
+            None,
+        ),
+        None => (from, Some(derivation)),
+    };
+    let mut e = explain(
+        &routing.table,
+        &routing.geo,
+        &policy.origin,
+        from,
+        derivation,
+    );
+    if !policy.is_release_path(path) {
+        e.not_release(&policy.origin);
+    }
+    let json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let (body, content_type) = if json {
+        (e.json(path).to_string() + "\n", JSON.clone())
+    } else {
+        (e.html(path), HTML.clone())
+    };
+    Outcome::Page {
+        body: Bytes::from(body),
+        content_type,
+    }
+}
+
+/// One line per request, when the config asks for it.
+fn access_log<B>(
+    req: &Request<B>,
+    resp: &Response<Full<Bytes>>,
+    served: Served,
+    routing: &Routing,
+    ns: u64,
+) {
+    let to: &str = match served.to {
+        To::Mirror(id) => &routing.table.get(id).name,
+        To::Origin => "origin_no_candidate",
+        To::Other(o) => o.label(),
+    };
+    tracing::info!(
+        target: "access",
+        client = ?served.client,
+        method = %req.method(),
+        path = %req.uri(),
+        status = resp.status().as_u16(),
+        to,
+        us = ns / 1000,
+    );
 }
 
 fn redirect(base: &str, path: &str) -> Outcome {
@@ -117,35 +368,42 @@ static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8")
 
 /// The response for an outcome; HEAD gets the same headers and no body.
 pub fn respond(outcome: Outcome, head: bool) -> Response<Full<Bytes>> {
-    let (status, body): (StatusCode, &'static str) = match &outcome {
-        Outcome::Redirect { .. } => (StatusCode::FOUND, "302 Found\n"),
-        Outcome::Healthy => (StatusCode::OK, "ok\n"),
-        Outcome::BadPath(e) => (StatusCode::BAD_REQUEST, e.as_str()),
+    let text = |s: &'static str| Bytes::from_static(s.as_bytes());
+    let (status, body, content_type) = match &outcome {
+        Outcome::Redirect { .. } => (StatusCode::FOUND, text("302 Found\n"), &TEXT),
+        Outcome::Healthy => (StatusCode::OK, text("ok\n"), &TEXT),
+        Outcome::BadPath(e) => (StatusCode::BAD_REQUEST, text(e.as_str()), &TEXT),
+        Outcome::BadQuery(m) => (StatusCode::BAD_REQUEST, Bytes::from(m.clone()), &TEXT),
+        Outcome::NotFound => (
+            StatusCode::NOT_FOUND,
+            text(
+                "404 Not Found: the admin listener serves /metrics, /mirrors, /mirrors.json, /healthz\n",
+            ),
+            &TEXT,
+        ),
+        Outcome::Page { body, content_type } => (StatusCode::OK, body.clone(), content_type),
         Outcome::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,
-            "405 Method Not Allowed: use GET or HEAD\n",
+            text("405 Method Not Allowed: use GET or HEAD\n"),
+            &TEXT,
         ),
     };
-    let body = if head {
-        Bytes::new()
-    } else {
-        Bytes::from_static(body.as_bytes())
-    };
+    let body = if head { Bytes::new() } else { body };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, TEXT.clone());
+    h.insert(header::CONTENT_TYPE, content_type.clone());
     match outcome {
         Outcome::Redirect { location } => {
             h.insert(header::LOCATION, location);
-            h.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
         }
         Outcome::MethodNotAllowed => {
             h.insert(header::ALLOW, ALLOW.clone());
         }
-        Outcome::Healthy | Outcome::BadPath(_) => {
-            h.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
-        }
+        _ => {}
+    }
+    if status != StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
     }
     resp
 }

@@ -148,6 +148,19 @@ impl Centroids {
         self.len
     }
 
+    /// The country whose centroid is nearest to `at`: a name for a place
+    /// on the status page, not a border test.
+    pub fn nearest(&self, at: Coord) -> Option<Country> {
+        let slot = (0..Country::SLOTS)
+            .filter_map(|i| Some((i, self.by_index[i]?)))
+            .min_by(|a, b| at.distance_km(a.1).total_cmp(&at.distance_km(b.1)))?
+            .0;
+        Some(Country([
+            b'A' + (slot / 26) as u8,
+            b'A' + (slot % 26) as u8,
+        ]))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -58,23 +58,40 @@ struct ConfigArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in files and journals.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let command = Cli::parse().command.unwrap_or(Command::Serve(ConfigArg {
         config: PathBuf::from("mirrors.toml"),
     }));
-    match run(command) {
+    // The config says how to log (`[log] format`), so serving reads it
+    // first; its errors are reported once logging is set up.
+    let loaded = match &command {
+        Command::Serve(c) => Some(Config::load(&c.config)),
+        _ => None,
+    };
+    init_logging(matches!(&loaded, Some(Ok(c)) if c.log.json));
+    let result = match loaded {
+        Some(config) => config.map_err(anyhow::Error::from).and_then(serve),
+        None => run(command),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        // Colours only for a person at a terminal, not in files and journals.
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 
@@ -127,6 +144,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         for a in &running.tls_addrs {
             tracing::info!(addr = %a, mirrors = config.mirrors.len(), "serving https");
+        }
+        for a in &running.admin_addrs {
+            tracing::info!(addr = %a, "admin: http://{a}/metrics and /mirrors");
         }
         running.serve_until_signalled(signals).await;
         tracing::info!("stopped");

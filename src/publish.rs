@@ -17,8 +17,10 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::geoip::GeoDb;
+use crate::probe::board::Board;
 use crate::probe::{Probed, Prober};
 use crate::routing::{Policy, ReloadError, ReloadStatus, Routing, SharedRouting};
+use crate::stats::Tally;
 use crate::table::{Status, Table};
 use crate::tls::{self, Certs};
 use crate::watch::FileWatch;
@@ -48,6 +50,8 @@ pub struct Publisher {
     reload: ReloadStatus,
     watch: Option<FileWatch>,
     triggers: mpsc::UnboundedSender<Trigger>,
+    /// Request counters, resolved by mirror id in each table published.
+    tally: Arc<Tally>,
 }
 
 /// What the loaded files looked like when they were read.
@@ -90,8 +94,10 @@ impl Publisher {
         certs: Option<Arc<Certs>>,
         probed: mpsc::UnboundedSender<Probed>,
         triggers: mpsc::UnboundedSender<Trigger>,
+        tally: Arc<Tally>,
+        board: Arc<Board>,
     ) -> Publisher {
-        let mut prober = Prober::new(probed);
+        let mut prober = Prober::new(probed, board);
         prober.reconcile(&config, |_| None);
         let stamps = Stamps {
             geo: Stamp::of(&config.geoip),
@@ -107,6 +113,7 @@ impl Publisher {
             reload: ReloadStatus::default(),
             watch: None,
             triggers,
+            tally,
         };
         p.rewatch();
         p
@@ -270,6 +277,7 @@ impl Publisher {
                 Arc::new(policy)
             },
             geo: geo.unwrap_or_else(|| current.geo.clone()),
+            sent: self.tally.slots(&table),
             table: Arc::new(table),
             reload: Arc::new(self.reload.clone()),
         };
@@ -315,6 +323,14 @@ fn pin_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str>
     if new.server != old.server {
         pinned.push("server");
         new.server = old.server;
+    }
+    if new.admin != old.admin {
+        pinned.push("admin");
+        new.admin = old.admin.clone();
+    }
+    if new.log.json != old.log.json {
+        pinned.push("log.format");
+        new.log.json = old.log.json;
     }
     (new, pinned)
 }

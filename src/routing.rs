@@ -13,7 +13,9 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::geo::Coord;
 use crate::geoip::GeoDb;
+use crate::stats::{Sent, Tally};
 use crate::table::Table;
 
 /// The snapshot requests read, and the publisher replaces.
@@ -26,6 +28,9 @@ pub struct Routing {
     pub table: Arc<Table>,
     /// How the last reloads went, for operators (status page, metrics).
     pub reload: Arc<ReloadStatus>,
+    /// Each mirror's request counters, by id in `table`; empty when not
+    /// counting (tests, benches).
+    pub sent: Arc<[Arc<Sent>]>,
 }
 
 /// The settings of the config that requests use.
@@ -35,6 +40,10 @@ pub struct Policy {
     pub origin: Arc<str>,
     pub releases: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Where the origin is, if configured (coverage distances).
+    pub origin_at: Option<Coord>,
+    /// One log line per request.
+    pub access_log: bool,
 }
 
 impl Policy {
@@ -43,6 +52,8 @@ impl Policy {
             origin: Arc::from(config.origin.as_str()),
             releases: config.releases.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            origin_at: config.origin_at,
+            access_log: config.log.access,
         }
     }
 
@@ -81,6 +92,15 @@ impl Routing {
             geo,
             table: Arc::new(table),
             reload: Arc::default(),
+            sent: Arc::new([]),
+        }
+    }
+
+    /// The same snapshot, with requests counted in `tally`.
+    pub fn counted(self, tally: &Tally) -> Routing {
+        Routing {
+            sent: tally.slots(&self.table),
+            ..self
         }
     }
 
@@ -99,6 +119,8 @@ mod tests {
             origin: Arc::from("https://o/"),
             releases: vec!["jackherer".into()],
             trusted_proxies: vec![],
+            origin_at: None,
+            access_log: false,
         };
         assert!(p.is_release_path("distri/jackherer/pkg/a.squashfs"));
         assert!(p.is_release_path("distri/jackherer/"));

@@ -44,6 +44,8 @@ use crate::frontend::{Conn, Frontend};
 pub struct Listener {
     pub socket: TcpListener,
     pub tls: Option<TlsAcceptor>,
+    /// The admin listener: metrics and status pages only.
+    pub admin: bool,
 }
 
 /// The HTTP settings every connection of a loop is served with.
@@ -154,6 +156,7 @@ pub async fn run(
             protocols: protocols.clone(),
             frontend: frontend.clone(),
             peer,
+            admin: listener.admin,
             stop: stopping.clone(),
         };
         // Two spawns, not one task matching on the kind: a task is as big
@@ -192,6 +195,7 @@ struct Task {
     protocols: Arc<Protocols>,
     frontend: Arc<Frontend>,
     peer: SocketAddr,
+    admin: bool,
     stop: watch::Receiver<bool>,
 }
 
@@ -231,6 +235,7 @@ impl Task {
             conn: Conn {
                 peer: self.peer,
                 tls,
+                admin: self.admin,
             },
         }
     }

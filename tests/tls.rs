@@ -225,6 +225,7 @@ fn tls_clients_get_the_nearest_https_mirror() {
         Conn {
             peer: paris_client,
             tls,
+            admin: false,
         },
     ) {
         Outcome::Redirect { location } => location.to_str().unwrap().to_string(),

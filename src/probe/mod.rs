@@ -11,7 +11,9 @@
 //!
 //! - [`check`]: the HTTP checks of a round.
 //! - [`state`]: hysteresis, latency average, backoff.
+//! - [`board`]: what the probes saw last, for metrics and the status page.
 
+pub mod board;
 pub mod check;
 pub mod state;
 
@@ -25,6 +27,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::config::{self, Config};
 use crate::table::{Health, Status};
+use board::Board;
 use check::{MirrorCache, OriginCache, OriginSnapshot, ProbeError, Report};
 use state::{MirrorState, Transition, backoff};
 
@@ -85,11 +88,13 @@ pub struct Prober {
     changes: mpsc::UnboundedSender<Probed>,
     tasks: JoinSet<()>,
     generations: u64,
+    board: Arc<Board>,
 }
 
 impl Prober {
-    /// A prober with nothing to probe yet; status changes go to `changes`.
-    pub fn new(changes: mpsc::UnboundedSender<Probed>) -> Prober {
+    /// A prober with nothing to probe yet; status changes go to `changes`,
+    /// every round's findings to `board`.
+    pub fn new(changes: mpsc::UnboundedSender<Probed>, board: Arc<Board>) -> Prober {
         Prober {
             http: None,
             origin_tx: watch::channel(None).0,
@@ -100,6 +105,7 @@ impl Prober {
             changes,
             tasks: JoinSet::new(),
             generations: 0,
+            board,
         }
     }
 
@@ -143,6 +149,7 @@ impl Prober {
                 http.clone(),
                 config.clone(),
                 self.origin_tx.clone(),
+                self.board.clone(),
             ));
             self.origin = Some((origin_target, abort));
         }
@@ -151,6 +158,8 @@ impl Prober {
             self.concurrency = config.probe.concurrency;
             self.permits = Arc::new(Semaphore::new(self.concurrency));
         }
+        self.board
+            .retain(|name| config.mirrors.iter().any(|m| m.name == name));
         self.mirrors.retain(|name, task| {
             let keep = config.mirrors.iter().any(|m| *m.name == **name);
             if !keep {
@@ -198,6 +207,7 @@ impl Prober {
             origin: self.origin_tx.subscribe(),
             permits: self.permits.clone(),
             changes: self.changes.clone(),
+            board: self.board.clone(),
         };
         let abort = self.tasks.spawn(probe.run(resume));
         let task = Task {
@@ -240,6 +250,7 @@ async fn follow_origin(
     http: Client,
     config: Config,
     tx: watch::Sender<Option<Arc<OriginSnapshot>>>,
+    board: Arc<Board>,
 ) {
     let p = config.probe;
     let mut cache = OriginCache::default();
@@ -262,12 +273,14 @@ async fn follow_origin(
                     tracing::info!(origin = %config.origin, "origin reachable again");
                 }
                 failures = 0;
+                board.origin(true, prev.as_deref() != Some(&snap));
                 if prev.as_deref() != Some(&snap) {
                     tracing::info!(origin = %config.origin, "origin index changed");
                     tx.send_replace(Some(Arc::new(snap)));
                 }
             }
             Err(e) => {
+                board.origin(false, false);
                 if failures == 0 {
                     tracing::warn!(origin = %config.origin, cause = %e, "origin unreachable; keeping its last known index");
                 }
@@ -292,6 +305,7 @@ struct MirrorProbe {
     origin: Origin,
     permits: Arc<Semaphore>,
     changes: mpsc::UnboundedSender<Probed>,
+    board: Arc<Board>,
 }
 
 impl MirrorProbe {
@@ -320,9 +334,11 @@ impl MirrorProbe {
                 .await
             };
             let before = state.status();
-            if let Some(t) = state.record(report.result, &self.settings, SystemTime::now()) {
+            let result = report.result.clone();
+            if let Some(t) = state.record(result, &self.settings, SystemTime::now()) {
                 log_transition(&self.mirror.name, &t);
             }
+            self.board.round(&self.name, &report, state.latency());
             let after = state.status();
             if (after.health, &after.reason) != (before.health, &before.reason) {
                 let probed = Probed {

@@ -1,0 +1,316 @@
+//! Why a client goes where it goes: one view of a decision, built from the
+//! same selection the redirect uses, and shown as text (`locate`), as HTML
+//! and as JSON (`?mirrorlist`). Not for the request path: it allocates.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+
+use crate::client::{Derivation, Sender};
+use crate::geoip::{GeoDb, Location};
+use crate::select::{self, Client, Exclusion, Verdict, band_limit};
+use crate::table::Table;
+
+/// A decision, explained.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    pub ip: IpAddr,
+    /// How the address was found; `None` when it was given (`&ip=`, `locate`).
+    pub derivation: Option<Derivation>,
+    pub https_only: bool,
+    pub location: Location,
+    /// The nearest candidate's distance and the band's edge.
+    pub band: Option<(f64, f64)>,
+    /// Every mirror, nearest first.
+    pub mirrors: Vec<Row>,
+    /// The chosen mirror's name; `None`: the origin.
+    pub chosen: Option<String>,
+    /// Where the redirect goes: the chosen mirror's base or the origin.
+    pub base: String,
+    /// The path is not in a current release: it goes to the origin.
+    pub outside_releases: bool,
+}
+
+/// One mirror in an explanation.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub url: String,
+    pub distance_km: Option<f64>,
+    pub weight: f64,
+    pub verdict: Verdict,
+    pub health: String,
+    pub reason: String,
+}
+
+/// Explains where `sender` goes with `table` and `geo`, `origin` standing
+/// in when no mirror qualifies.
+pub fn explain(
+    table: &Table,
+    geo: &GeoDb,
+    origin: &str,
+    sender: Sender,
+    derivation: Option<Derivation>,
+) -> Explanation {
+    let location = geo.lookup(sender.ip);
+    let client = Client::new(sender.ip, &location).https_only(sender.https);
+    let considered = select::explain(table, &client);
+    let mirrors: Vec<Row> = considered
+        .iter()
+        .map(|c| {
+            let m = table.get(c.id);
+            Row {
+                name: m.name.to_string(),
+                url: m.base.to_string(),
+                distance_km: c.distance_km,
+                weight: m.weight,
+                verdict: c.verdict,
+                health: m.status.health.to_string(),
+                reason: m.status.reason.to_string(),
+            }
+        })
+        .collect();
+    let chosen = mirrors.iter().find(|r| r.verdict == Verdict::Chosen);
+    let nearest = mirrors
+        .iter()
+        .filter(|r| !matches!(r.verdict, Verdict::Excluded(_)))
+        .filter_map(|r| r.distance_km)
+        .min_by(f64::total_cmp);
+    Explanation {
+        ip: sender.ip,
+        derivation,
+        https_only: sender.https,
+        band: nearest.map(|n| (n, band_limit(n, table.band()))),
+        chosen: chosen.map(|r| r.name.clone()),
+        base: chosen.map_or_else(|| origin.to_string(), |r| r.url.clone()),
+        location,
+        mirrors,
+        outside_releases: false,
+    }
+}
+
+/// Why a mirror was excluded, in a word, for JSON.
+fn exclusion_code(e: Exclusion) -> &'static str {
+    match e {
+        Exclusion::NotEligible => "not_eligible",
+        Exclusion::Country => "country",
+        Exclusion::Ipv4Only => "address_family",
+        Exclusion::NotHttps => "not_https",
+    }
+}
+
+fn km(d: Option<f64>) -> String {
+    d.map_or("?".to_string(), |d| format!("{d:.0} km"))
+}
+
+impl Explanation {
+    /// For a path outside the current releases: every client goes to the
+    /// origin, whatever the mirrors.
+    pub fn not_release(&mut self, origin: &str) {
+        self.outside_releases = true;
+        self.chosen = None;
+        self.base = origin.to_string();
+        for r in &mut self.mirrors {
+            if r.verdict == Verdict::Chosen {
+                r.verdict = Verdict::InBand;
+            }
+        }
+    }
+
+    fn country(&self) -> String {
+        self.location
+            .country
+            .map_or("unknown".to_string(), |c| c.to_string())
+    }
+
+    fn place(&self) -> String {
+        self.location.coord.map_or("unknown".to_string(), |c| {
+            format!("{:.2},{:.2}", c.lat, c.lon)
+        })
+    }
+
+    fn derived(&self) -> String {
+        match &self.derivation {
+            None => "given (ip=)".to_string(),
+            Some(d) => {
+                let proxies: Vec<String> = d.proxies.iter().map(|p| p.to_string()).collect();
+                if proxies.is_empty() {
+                    d.via.describe().to_string()
+                } else {
+                    format!("{}: {}", d.via.describe(), proxies.join(", "))
+                }
+            }
+        }
+    }
+
+    /// The URL the redirect gives for `path` (canonical, no leading `/`).
+    pub fn redirect(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The text `locate` prints.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{}: country {}, at {} ({})\n",
+            self.ip,
+            self.country(),
+            self.place(),
+            self.location.source
+        );
+        if self.mirrors.is_empty() {
+            let _ = writeln!(out, "  no mirrors configured: origin {}", self.base);
+        }
+        for r in &self.mirrors {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:>9}  {}  [{}: {}]",
+                r.name,
+                km(r.distance_km),
+                r.verdict,
+                r.health,
+                r.reason
+            );
+        }
+        if self.chosen.is_none() && !self.mirrors.is_empty() {
+            let _ = writeln!(out, "  -> origin {}", self.base);
+        }
+        out
+    }
+
+    /// The JSON `?mirrorlist` answers with `Accept: application/json`.
+    pub fn json(&self, path: &str) -> Value {
+        let (candidates, excluded): (Vec<&Row>, Vec<&Row>) = self
+            .mirrors
+            .iter()
+            .partition(|r| !matches!(r.verdict, Verdict::Excluded(_)));
+        json!({
+            "client": {
+                "ip": self.ip.to_string(),
+                "derived_from": self.derived(),
+                "peer": self.derivation.as_ref().map(|d| d.peer.to_string()),
+                "trusted_proxies": self.derivation.as_ref()
+                    .map(|d| d.proxies.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+                "https_only": self.https_only,
+            },
+            "location": {
+                "country": self.location.country.map(|c| c.to_string()),
+                "lat": self.location.coord.map(|c| c.lat),
+                "lon": self.location.coord.map(|c| c.lon),
+                "source": self.location.source.to_string(),
+            },
+            "band": self.band.map(|(nearest, limit)| json!({"nearest_km": nearest, "limit_km": limit})),
+            "candidates": candidates.iter().map(|r| json!({
+                "name": r.name,
+                "url": r.url,
+                "distance_km": r.distance_km,
+                "weight": r.weight,
+                "chosen": r.verdict == Verdict::Chosen,
+                "in_band": r.verdict != Verdict::OutsideBand,
+            })).collect::<Vec<_>>(),
+            "excluded": excluded.iter().map(|r| json!({
+                "name": r.name,
+                "distance_km": r.distance_km,
+                "reason": match r.verdict {
+                    Verdict::Excluded(e) => exclusion_code(e),
+                    _ => "",
+                },
+                "detail": match r.verdict {
+                    Verdict::Excluded(Exclusion::NotEligible) => format!("{}: {}", r.health, r.reason),
+                    v => v.to_string(),
+                },
+            })).collect::<Vec<_>>(),
+            "chosen": self.chosen,
+            "outside_current_releases": self.outside_releases,
+            "redirect": self.redirect(path),
+        })
+    }
+
+    /// The HTML page `?mirrorlist` answers with.
+    pub fn html(&self, path: &str) -> String {
+        let mut rows = String::new();
+        for r in &self.mirrors {
+            let class = match r.verdict {
+                Verdict::Chosen => "chosen",
+                Verdict::Excluded(_) => "excluded",
+                _ => "candidate",
+            };
+            let why = match r.verdict {
+                Verdict::Excluded(Exclusion::NotEligible) => {
+                    format!("excluded: not eligible ({}: {})", r.health, r.reason)
+                }
+                v => v.to_string(),
+            };
+            let _ = writeln!(
+                rows,
+                "<tr class=\"{class}\"><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                esc(&r.name),
+                km(r.distance_km),
+                r.weight,
+                esc(&why)
+            );
+        }
+        let band = self
+            .band
+            .map_or("every candidate (no location)".to_string(), |(n, l)| {
+                format!("nearest {n:.0} km, band up to {l:.0} km")
+            });
+        let target = self.redirect(path);
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>Mirror choice for /{path}</title><style>{css}</style></head><body>\
+<h1>Mirror choice for <code>/{path}</code></h1>\
+<dl><dt>Client</dt><dd>{ip} ({derived}){https}</dd>\
+<dt>Location</dt><dd>country {country}, at {place} ({source})</dd>\
+<dt>Band</dt><dd>{band}</dd>\
+<dt>Redirect</dt><dd><a href=\"{target_attr}\">{target_text}</a>{outside}</dd></dl>\
+<table><thead><tr><th>mirror</th><th>distance</th><th>weight</th><th>verdict</th></tr></thead>\
+<tbody>\n{rows}</tbody></table>\
+<p><a href=\"/mirrors\">All mirrors and coverage</a></p></body></html>\n",
+            css = PAGE_CSS,
+            path = esc(path),
+            ip = self.ip,
+            derived = esc(&self.derived()),
+            https = if self.https_only {
+                "; came over https: https mirrors only"
+            } else {
+                ""
+            },
+            country = self.country(),
+            place = self.place(),
+            source = self.location.source,
+            target_attr = esc(&target),
+            target_text = esc(&target),
+            outside = if self.outside_releases {
+                " (not in a current release: always the origin)"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+/// The style both HTML pages share: readable on a phone, no external assets.
+pub const PAGE_CSS: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:1rem auto;max-width:64rem;padding:0 .8rem;color:#222}\
+table{border-collapse:collapse;width:100%;margin:.8rem 0;display:block;overflow-x:auto}\
+th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
+td.n{text-align:right;white-space:nowrap}tr.chosen td{font-weight:600;background:#e6f4ea}\
+tr.excluded td{color:#777}dt{font-weight:600}dd{margin:0 0 .4rem 0}code{font-size:.95em}\
+.up{color:#137333}.down{color:#b3261e}.unknown{color:#777}svg{width:100%;height:auto;background:#eef3f7}";
+
+/// Escapes text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
