@@ -5,7 +5,8 @@
 //! - `select/N`: selection among N mirrors spread over the globe;
 //! - `lookup+select/100`: both, with the shipped database;
 //! - `handler/*`: `Frontend::handle` from a parsed request to the response,
-//!   and `handler/reference`, the cheapest possible answer (a fixed 302
+//!   counted and timed as the service runs it (`redirect`) and without
+//!   metrics (`redirect-no-metrics`), and `handler/reference`, the cheapest possible answer (a fixed 302
 //!   built the same way), which the ratios in RESULTS.md divide by.
 //!
 //! `bash benches/report.sh` prints medians and ratios after a run.
@@ -22,6 +23,7 @@ use distri_redirector::geo::Coord;
 use distri_redirector::geoip::GeoDb;
 use distri_redirector::routing::Routing;
 use distri_redirector::select::{Client, select};
+use distri_redirector::stats::Tally;
 use distri_redirector::table::{Status, Table};
 use hyper::Request;
 use hyper::header::HeaderValue;
@@ -249,7 +251,13 @@ fn bench_handler(c: &mut Criterion) {
         ..config
     };
     let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection);
-    let routing = Routing::new(&config, Arc::new(shipped()), table).share();
+    let tally = Arc::new(Tally::default());
+    let routing = Routing::new(&config, Arc::new(shipped()), table)
+        .counted(&tally)
+        .share();
+    // The service as it runs (counting and timing every request), and the
+    // same without metrics: RESULTS.md records the ratio.
+    let counted = Frontend::new(routing.clone()).counting(tally);
     let frontend = Frontend::new(routing);
     let requests: Vec<Request<()>> = addresses(CLIENTS)
         .into_iter()
@@ -264,6 +272,12 @@ fn bench_handler(c: &mut Criterion) {
     let mut g = c.benchmark_group("handler");
     let mut i = 0;
     g.bench_function("redirect", |b| {
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            black_box(counted.handle(black_box(&requests[i]), peer))
+        })
+    });
+    g.bench_function("redirect-no-metrics", |b| {
         b.iter(|| {
             i = (i + 1) % CLIENTS;
             black_box(frontend.handle(black_box(&requests[i]), peer))
