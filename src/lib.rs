@@ -22,7 +22,8 @@
 //! - [`select`]: which mirror serves a client; a pure function.
 //! - [`path`]: request paths to one canonical form, or a refusal.
 //! - [`client`]: the client's address, behind trusted proxies.
-//! - [`frontend`]: request to outcome to response, in one place.
+//! - [`frontend`]: request to outcome to response, in one place; counts
+//!   and logs each.
 //! - [`server`]: accept, connection limits, TLS handshakes, HTTP/1.1 and
 //!   HTTP/2, graceful shutdown; one loop per serving thread, each with its
 //!   own SO_REUSEPORT sockets.
@@ -31,6 +32,12 @@
 //!   prober on the caller's runtime, the work-stealing runtime that serves;
 //!   signals (SIGHUP reloads, SIGTERM drains).
 //! - [`minitree`]: miniature distri trees served on loopback (demo, tests).
+//! - [`stats`]: what the request path counts (one add per request).
+//! - [`metrics`]: `/metrics` on the admin listener, from those counts, the
+//!   snapshot and the probe board.
+//! - [`status`]: the `/mirrors` page and its JSON: states, a map, coverage.
+//! - [`explain`]: why a client goes where it goes (`?mirrorlist`, `locate`).
+//! - [`accesslog`]: one line per request, batched off the serving threads.
 //! - [`commands`]: the `check`, `locate` and `probe` subcommands.
 //! - [`demo`]: the `demo` subcommand: a miniature mirror network on loopback.
 //!
@@ -38,6 +45,7 @@
 //! `select` over one loaded `routing` snapshot): no lock, no I/O, no
 //! waiting on probes or reloads.
 
+pub mod accesslog;
 pub mod app;
 pub mod client;
 pub mod commands;

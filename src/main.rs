@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use distri_redirector::config::Config;
 use distri_redirector::table::{Status, Table};
-use distri_redirector::{app, commands, demo};
+use distri_redirector::{accesslog, app, commands, demo};
 
 #[derive(Parser)]
 #[command(
@@ -81,18 +81,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The general log (RUST_LOG, default info) and, beside it, the access
+/// log's own layer, in text or JSON.
 fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        fmt.json().init();
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        // Access lines have their own layer, whatever RUST_LOG says.
+        .add_directive(
+            format!("{}=off", accesslog::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    let general = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let general = if json {
+        general.json().boxed()
     } else {
         // Colours only for a person at a terminal, not in files and journals.
-        fmt.with_ansi(std::io::stderr().is_terminal()).init();
-    }
+        general.with_ansi(std::io::stderr().is_terminal()).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(general.with_filter(filter))
+        .with(accesslog::AccessLayer::new(json))
+        .init();
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -149,6 +160,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(addr = %a, "admin: http://{a}/metrics and /mirrors");
         }
         running.serve_until_signalled(signals).await;
+        accesslog::flush();
         tracing::info!("stopped");
         Ok(())
     })

@@ -23,14 +23,21 @@ struct Service {
 
 impl Service {
     fn start(notify: Option<&std::path::Path>) -> Service {
+        Service::start_with(notify, "")
+    }
+
+    /// With `extra` appended to the config.
+    fn start_with(notify: Option<&std::path::Path>, extra: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         write_nested_db(&dir.path().join("test.mmdb"));
         let config = dir.path().join("mirrors.toml");
         std::fs::write(
             &config,
-            "listen = [\"127.0.0.1:0\"]\norigin = \"http://127.0.0.1:9/\"\n\
-             releases = [\"jackherer\"]\ngeoip = \"test.mmdb\"\n\
-             [server]\nworkers = 1\nshutdown_grace = \"5s\"\n",
+            format!(
+                "listen = [\"127.0.0.1:0\"]\norigin = \"http://127.0.0.1:9/\"\n\
+                 releases = [\"jackherer\"]\ngeoip = \"test.mmdb\"\n\
+                 [server]\nworkers = 1\nshutdown_grace = \"5s\"\n{extra}"
+            ),
         )
         .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_distri-redirector"));
@@ -75,11 +82,13 @@ impl Service {
 
     fn addr(&self) -> SocketAddr {
         let line = self.line_with("serving http");
+        // Text (`addr=...`) or JSON (`"addr":"..."`).
         let addr = line
             .split("addr=")
             .nth(1)
+            .or_else(|| line.split("\"addr\":\"").nth(1))
             .unwrap()
-            .split(' ')
+            .split([' ', '"'])
             .next()
             .unwrap();
         addr.parse().unwrap()
@@ -197,4 +206,47 @@ fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     );
     let status = service.wait_exit();
     assert_eq!(status.code(), Some(0));
+}
+
+/// `[log] access = true, format = "json"`: one JSON line per request on
+/// stderr, every line of the log JSON, and the last lines written before
+/// the process exits.
+#[test]
+fn access_log_writes_one_json_line_per_request() {
+    let mut service = Service::start_with(None, "[log]\naccess = true\nformat = \"json\"\n");
+    let addr = service.addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    for _ in 0..3 {
+        s.write_all(REQUEST).unwrap();
+        assert!(read_head(&mut s).starts_with("HTTP/1.1 302"));
+    }
+    s.write_all(b"DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 405"));
+    drop(s);
+    service.signal("TERM");
+    assert_eq!(service.wait_exit().code(), Some(0));
+    // Until the reader thread hangs up at the end of stderr.
+    let lines: Vec<serde_json::Value> =
+        std::iter::from_fn(|| service.lines.recv_timeout(Duration::from_secs(20)).ok())
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect();
+    let access: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 4, "{lines:?}");
+    let first = &access[0]["fields"];
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/distri/jackherer/pkg/a.squashfs");
+    assert_eq!(first["status"], 302);
+    assert_eq!(first["to"], "origin_no_candidate");
+    assert!(first["us"].is_u64());
+    let last = &access[3]["fields"];
+    assert_eq!(
+        (&last["status"], &last["to"]),
+        (
+            &serde_json::json!(405),
+            &serde_json::json!("method_not_allowed")
+        )
+    );
 }

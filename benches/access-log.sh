@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# What the access log costs: the same redirector config served twice, the
+# access log off and on (text or JSON, written to a file as a journal or a
+# log shipper would take it), under the same keep-alive load, alternating.
+# Prints each round, the medians and the ratio of "on" to "off"; the
+# summary line's "nginx" column is the redirector with the log off.
+#
+#   bash benches/access-log.sh                  # 3 rounds of 10 s, text
+#   FORMAT=json ROUNDS=5 bash benches/access-log.sh
+#   CONTROL=1 bash benches/access-log.sh       # A/A: the log off on both sides
+#   SINK=/dev/null bash benches/access-log.sh  # the log's own cost, without the disk's
+#
+# Everything runs on loopback. Installs wrk if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+WORKERS=${WORKERS:-2}
+FORMAT=${FORMAT:-text}
+OFF=127.0.0.1:18191
+ON=127.0.0.1:18192
+
+source benches/common.sh
+need wrk wrk
+cargo build --release -q --example bench_fixture --bin distri-redirector
+work=$(mktemp -d)
+# Logs outside the config's folder, which the service watches for changes.
+logs=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$logs"; }
+trap cleanup EXIT
+
+target/release/examples/bench_fixture --mirrors 50 --out "$work/off.toml" --listen "$OFF" --interval 10s --workers "$WORKERS" 2>"$work/fixture.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/off.toml" ] && break; sleep 0.1; done
+sed -e "s|$OFF|$ON|" "$work/off.toml" > "$work/on.toml"
+if [ "${CONTROL:-0}" = 1 ]; then
+  echo "CONTROL=1: the log is off on both sides"
+else
+  printf '\n[log]\naccess = true\nformat = "%s"\n' "$FORMAT" >> "$work/on.toml"
+fi
+# [log] must not land inside the last [[mirror]] table: check it parses.
+target/release/distri-redirector check --config "$work/on.toml" >/dev/null
+
+target/release/distri-redirector serve --config "$work/off.toml" 2>"$logs/off.log" &
+off_pid=$!; pids+=($off_pid)
+target/release/distri-redirector serve --config "$work/on.toml" 2>"${SINK:-$logs/on.log}" &
+on_pid=$!; pids+=($on_pid)
+wait_up "$logs/off.log" 50
+if [ -n "${SINK:-}" ]; then sleep 1; else wait_up "$logs/on.log" 50; fi
+
+echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS rounds, alternating; access log format: $FORMAT"
+: > "$work/r.off"; : > "$work/r.on"
+for r in $(seq "$ROUNDS"); do
+  a=$(wrk_run "http://$OFF" 0 "$off_pid"); b=$(wrk_run "http://$ON" 0 "$on_pid")
+  echo "  round $r: log off $a | log on $b"
+  echo "$a" >> "$work/r.off"; echo "$b" >> "$work/r.on"
+done
+summarise "log-on" "$work/r.off" "$work/r.on" | sed -e 's/nginx/log off/g' -e 's/redirector/log on/g'
+echo "access log lines written: $(grep -c '"access"\|access:' "$logs/on.log" || true); one of them:"
+grep -m1 'access' "$logs/on.log" || true

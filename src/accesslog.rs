@@ -1,0 +1,344 @@
+//! The access log: one line per request, written by a `tracing` layer of
+//! its own for events with target `access` (`frontend` emits them when
+//! `[log] access = true`).
+//!
+//! The general `fmt` layer formats each event and writes it to stderr with
+//! a system call, under a lock both serving threads share: that cost 12 us
+//! per request, half the throughput (benches/RESULTS.md). Here each thread
+//! formats its lines into a buffer of its own (one uncontended lock), and
+//! one writer thread sends the buffers to stderr in large writes, every
+//! 100 ms or when a buffer fills. If stderr blocks for long, lines past a
+//! cap are dropped and counted, rather than memory growing without bound.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, SystemTime};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// The target access events use.
+pub const TARGET: &str = "access";
+
+/// A buffer this big wakes the writer.
+const FLUSH_AT: usize = 64 * 1024;
+/// Past this a thread's buffer drops lines (stderr is not keeping up).
+const CAP: usize = 8 * 1024 * 1024;
+const EVERY: Duration = Duration::from_millis(100);
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+struct Shared {
+    buffers: Mutex<Vec<Buffer>>,
+    /// `None` if it could not be started: lines pile up to the cap, then
+    /// are dropped and counted.
+    writer: OnceLock<Option<Thread>>,
+    dropped: AtomicU64,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| Shared {
+        buffers: Mutex::default(),
+        writer: OnceLock::new(),
+        dropped: AtomicU64::new(0),
+    })
+}
+
+thread_local! {
+    static MINE: RefCell<Option<Buffer>> = const { RefCell::new(None) };
+}
+
+/// The layer; install it beside the general one, which must skip
+/// [`TARGET`].
+pub struct AccessLayer {
+    json: bool,
+}
+
+impl AccessLayer {
+    pub fn new(json: bool) -> AccessLayer {
+        AccessLayer { json }
+    }
+}
+
+/// The writer thread, started with the first line.
+fn writer() -> Option<&'static Thread> {
+    shared()
+        .writer
+        .get_or_init(|| {
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(|| {
+                    loop {
+                        std::thread::park_timeout(EVERY);
+                        flush();
+                    }
+                })
+                .ok()
+                .map(|t| t.thread().clone())
+        })
+        .as_ref()
+}
+
+/// Writes every buffered line to stderr now (at exit, and by the writer).
+pub fn flush() {
+    let s = shared();
+    let buffers: Vec<Buffer> = s.buffers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut out = std::io::stderr().lock();
+    let mut chunk = Vec::new();
+    for b in buffers {
+        {
+            let mut mine = b.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *mine, &mut chunk);
+        }
+        let _ = out.write_all(&chunk);
+        chunk.clear();
+    }
+    let dropped = s.dropped.swap(0, Relaxed);
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "{} WARN access: {dropped} access log lines dropped: stderr did not keep up",
+            humantime::format_rfc3339_micros(SystemTime::now())
+        );
+    }
+    let _ = out.flush();
+}
+
+impl<S: Subscriber> Layer<S> for AccessLayer {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        let mut line = LINE.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        line.clear();
+        self.format(event, &mut line);
+        append(line.as_bytes());
+        LINE.with(|l| *l.borrow_mut() = line);
+    }
+}
+
+thread_local! {
+    /// A line being formatted, reused so a line allocates nothing.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn append(line: &[u8]) {
+    MINE.with(|mine| {
+        let mut mine = mine.borrow_mut();
+        let buf = mine.get_or_insert_with(|| {
+            let b: Buffer = Arc::default();
+            let s = shared();
+            s.buffers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(b.clone());
+            b
+        });
+        let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() + line.len() > CAP {
+            shared().dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        b.extend_from_slice(line);
+        let full = b.len() >= FLUSH_AT;
+        drop(b);
+        match writer() {
+            Some(t) if full => t.unpark(),
+            _ => {}
+        }
+    });
+}
+
+thread_local! {
+    /// The last second's `YYYY-MM-DDTHH:MM:SS`, formatted once per second.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `2026-11-30T07:21:01.693496Z`, formatting the date at most once per
+/// second per thread.
+fn timestamp(line: &mut String) {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now.as_secs() {
+            let full = humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs()),
+            )
+            .to_string();
+            c.1 = full.trim_end_matches('Z').to_string();
+            c.0 = now.as_secs();
+        }
+        line.push_str(&c.1);
+    });
+    line.push('.');
+    let micros = now.subsec_micros();
+    let start = line.len();
+    number(line, u64::from(micros) + 1_000_000);
+    // The leading 1 kept the zeros: drop it.
+    line.remove(start);
+    line.push('Z');
+}
+
+/// Decimal digits without going through `core::fmt`.
+fn number(line: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        line.push(d as char);
+    }
+}
+
+impl AccessLayer {
+    fn format(&self, event: &Event<'_>, line: &mut String) {
+        if self.json {
+            line.push_str("{\"timestamp\":\"");
+            timestamp(line);
+            line.push_str("\",\"level\":\"INFO\",\"target\":\"access\",\"fields\":{");
+            event.record(&mut Json { line, first: true });
+            line.push_str("}}\n");
+        } else {
+            timestamp(line);
+            line.push_str("  INFO access:");
+            event.record(&mut Text { line });
+            line.push('\n');
+        }
+    }
+}
+
+struct Text<'a> {
+    line: &'a mut String,
+}
+
+impl Text<'_> {
+    fn key(&mut self, field: &Field) {
+        self.line.push(' ');
+        self.line.push_str(field.name());
+        self.line.push('=');
+    }
+}
+
+impl Visit for Text<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.key(field);
+        let _ = write!(self.line, "{value:?}");
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        self.line.push_str(value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        number(self.line, value);
+    }
+}
+
+struct Json<'a> {
+    line: &'a mut String,
+    first: bool,
+}
+
+impl Json<'_> {
+    fn key(&mut self, field: &Field) {
+        if !self.first {
+            self.line.push(',');
+        }
+        self.first = false;
+        self.line.push('"');
+        self.line.push_str(field.name());
+        self.line.push_str("\":");
+    }
+
+    /// A JSON string of what `value` writes, escaped as it is written.
+    fn string(&mut self, value: impl std::fmt::Debug) {
+        self.line.push('"');
+        let _ = write!(Escaped(self.line), "{value:?}");
+        self.line.push('"');
+    }
+}
+
+/// Writes into a JSON string: quotes, backslashes and control characters
+/// escaped.
+struct Escaped<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
+                c => self.0.push(c),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `&str` written by `Debug` without Rust's quotes and escapes.
+struct Plain<'a>(&'a str);
+
+impl std::fmt::Debug for Plain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Visit for Json<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.key(field);
+        self.string(value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.line.push('"');
+            self.line.push_str(value);
+            self.line.push('"');
+        } else {
+            self.string(Plain(value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        number(self.line, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.line, "{value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut line = String::new();
+        let _ = write!(Escaped(&mut line), "a\"b\\c\nd\u{1}é");
+        assert_eq!(line, "a\\\"b\\\\c\\u000ad\\u0001é");
+        let v: serde_json::Value = serde_json::from_str(&format!("\"{line}\"")).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é");
+    }
+}
