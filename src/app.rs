@@ -163,8 +163,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     // One admin socket is plenty: it serves scrapes and a page now and then.
     let admin_addrs: &[SocketAddr] = config.admin.as_ref().map_or(&[], |a| &a.listen);
-    let admin = server::bind_workers(admin_addrs, 1)?;
-    let (addrs, tls_addrs, admin_addrs) = (bound(&plain), bound(&secure), bound(&admin));
+    let admin = server::bind_exclusive(admin_addrs)?;
+    let (addrs, tls_addrs) = (bound(&plain), bound(&secure));
+    let admin_addrs: Vec<SocketAddr> = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
     let metrics = Arc::new(Metrics {
         tally: tally.clone(),
         board: board.clone(),
@@ -192,7 +193,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             stop: stop_rx.clone(),
         })
         .collect();
-    if let Some(admin) = admin.into_iter().next().filter(|a| !a.is_empty()) {
+    if !admin.is_empty() {
         // Its own connection cap: a flood of public connections must not
         // lock the operator out of the metrics that show it.
         loops.push(AcceptLoop {

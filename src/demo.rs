@@ -103,6 +103,10 @@ pub async fn run(
         mirrors,
         // The demo's origin stands where distri's is: in Europe.
         origin_at: base.origin_at.or(Coord::new(47.37, 8.54)),
+        // Beside a running service that has the configured admin port.
+        admin: Some(config::Admin {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        }),
         ..base.clone()
     };
     let running = app::start(&config).await?;

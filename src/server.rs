@@ -86,22 +86,30 @@ pub fn bind_workers(
     let mut shards: Vec<Vec<std::net::TcpListener>> =
         (0..workers.max(1)).map(|_| Vec::new()).collect();
     for &a in addrs {
-        let first = reuseport_listener(a)?;
+        let first = listener(a, true)?;
         let bound = first.local_addr()?;
         shards[0].push(first);
         for shard in shards.iter_mut().skip(1) {
-            shard.push(reuseport_listener(bound)?);
+            shard.push(listener(bound, true)?);
         }
     }
     Ok(shards)
 }
 
-fn reuseport_listener(a: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// One socket per address, without SO_REUSEPORT: a second process that
+/// asks for the same address fails, instead of silently taking half of
+/// the connections (scrapes that land on either of two processes would
+/// mix their metrics).
+pub fn bind_exclusive(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
+    addrs.iter().map(|&a| listener(a, false)).collect()
+}
+
+fn listener(a: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
     let s =
         Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP)).map_err(named)?;
     s.set_reuse_address(true).map_err(named)?;
-    s.set_reuse_port(true).map_err(named)?;
+    s.set_reuse_port(reuse_port).map_err(named)?;
     if a.is_ipv6() {
         // "[::]" serves IPv4 too, whatever the system default.
         s.set_only_v6(false).map_err(named)?;

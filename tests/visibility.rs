@@ -404,3 +404,26 @@ async fn mirrorlist_explains_each_kind_of_client() {
         "{html}"
     );
 }
+
+/// The admin address is the process's own: a second service asking for it
+/// fails to start, naming it, instead of sharing scrapes with the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_service_cannot_take_the_admin_address() {
+    let opts = Options {
+        extra: ADMIN,
+        ..Options::default()
+    };
+    let f = Fixture::start(vec![], opts).await;
+    let taken = admin(&f);
+    let mut second = f.config.clone();
+    second.admin = Some(distri_redirector::config::Admin {
+        listen: vec![taken],
+    });
+    let err = match distri_redirector::app::start(&second).await {
+        Ok(_) => panic!("a second service started on {taken}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("cannot listen on {taken}")), "{err}");
+    // The first still answers there.
+    assert_eq!(get(taken, "/healthz", "").await.status, 200);
+}
