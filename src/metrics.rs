@@ -275,6 +275,13 @@ impl Scrape {
             MetricType::Counter,
             b.rounds as f64,
         )?;
+        single(
+            enc,
+            "distri_probe_requests",
+            "HTTP requests the probes sent, to the origin and the mirrors.",
+            MetricType::Counter,
+            crate::probe::check::REQUESTS.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )?;
         labelled(
             enc,
             "distri_probe_failures",

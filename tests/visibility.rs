@@ -146,6 +146,10 @@ async fn metrics_count_exactly_the_requests_made() {
         );
     }
     assert!(at(&after, "distri_probe_rounds_total{}") >= 4.0);
+    // Each round fetches two indexes and samples images: more requests.
+    assert!(
+        at(&after, "distri_probe_requests_total{}") > at(&after, "distri_probe_rounds_total{}")
+    );
     assert_eq!(at(&after, "distri_origin_reachable{}"), 1.0);
     assert!(at(&after, "distri_origin_index_age_seconds{}") < 60.0);
     assert!(at(&after, "distri_geoip_build_timestamp_seconds{}") > 1.0e9);

@@ -152,6 +152,11 @@ fn index_path(release: &str) -> String {
     format!("distri/{release}/pkg/meta.binaryproto")
 }
 
+/// Probe HTTP requests sent by this process (to the origin and mirrors),
+/// for metrics: one counter for the process, as every prober shares the
+/// network it measures.
+pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Sends one request; a redirect is an error, other statuses are returned.
 async fn send(
     http: &Client,
@@ -160,6 +165,7 @@ async fn send(
     path: &str,
     timeout: Duration,
 ) -> Result<Response, ProbeError> {
+    REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let r = http
         .request(method, format!("{base}{path}"))
         .send()
