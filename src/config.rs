@@ -116,6 +116,11 @@ pub struct Server {
     /// Streams one HTTP/2 connection may have open at once. distri's client
     /// fetches a whole dependency closure at once over one connection.
     pub http2_max_streams: u32,
+    /// The largest request head (request line and headers) accepted; past
+    /// it `431`. Also HTTP/2's header list size.
+    pub max_header_bytes: usize,
+    /// The longest request target (path and query) accepted; past it `414`.
+    pub max_target_bytes: usize,
 }
 
 impl Default for Server {
@@ -126,6 +131,8 @@ impl Default for Server {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
             shutdown_grace: Duration::from_secs(10),
             http2_max_streams: 1000,
+            max_header_bytes: 16 * 1024,
+            max_target_bytes: 8 * 1024,
         }
     }
 }
@@ -227,6 +234,8 @@ struct RawServer {
     workers: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
     http2_max_streams: Option<Spanned<i64>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_target_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -710,6 +719,21 @@ fn server(src: &Src, raw: RawServer) -> Result<Server, ConfigError> {
             d.http2_max_streams as usize,
             1..100_001,
         )? as u32,
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        max_header_bytes: count(
+            src,
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            d.max_header_bytes,
+            8192..1_048_577,
+        )?,
+        max_target_bytes: count(
+            src,
+            "server.max_target_bytes",
+            raw.max_target_bytes,
+            d.max_target_bytes,
+            256..1_048_577,
+        )?,
     })
 }
 

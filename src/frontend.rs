@@ -67,6 +67,8 @@ pub enum Outcome {
     MethodNotAllowed,
     /// A path the admin listener does not serve.
     NotFound,
+    /// A request target longer than `[server] max_target_bytes`.
+    TargetTooLong,
     /// A page: the status page, its JSON, metrics, an explanation.
     Page {
         body: Bytes,
@@ -171,6 +173,10 @@ impl Frontend {
                 Outcome::MethodNotAllowed,
                 Served::other(Other::MethodNotAllowed),
             );
+        }
+        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target > routing.policy.max_target {
+            return (Outcome::TargetTooLong, Served::other(Other::BadRequest));
         }
         let raw = req.uri().path();
         if raw == "/healthz" {
@@ -440,6 +446,7 @@ pub fn respond(outcome: Outcome, head: bool) -> Response<Full<Bytes>> {
             &TEXT,
         ),
         Outcome::Page { body, content_type } => (StatusCode::OK, body.clone(), content_type),
+        Outcome::TargetTooLong => (StatusCode::URI_TOO_LONG, text("414 URI Too Long\n"), &TEXT),
         Outcome::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,
             text("405 Method Not Allowed: use GET or HEAD\n"),

@@ -44,6 +44,8 @@ pub struct Policy {
     pub origin_at: Option<Coord>,
     /// One log line per request.
     pub access_log: bool,
+    /// The longest request target served; past it `414`.
+    pub max_target: usize,
 }
 
 impl Policy {
@@ -54,6 +56,7 @@ impl Policy {
             trusted_proxies: config.trusted_proxies.clone(),
             origin_at: config.origin_at,
             access_log: config.log.access,
+            max_target: config.server.max_target_bytes,
         }
     }
 
@@ -121,6 +124,7 @@ mod tests {
             trusted_proxies: vec![],
             origin_at: None,
             access_log: false,
+            max_target: 8192,
         };
         assert!(p.is_release_path("distri/jackherer/pkg/a.squashfs"));
         assert!(p.is_release_path("distri/jackherer/"));

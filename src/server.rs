@@ -61,13 +61,19 @@ impl Protocols {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            // A client that sends its request and shuts down its side
+            // (`nc -N`, some scripts and proxies) still gets the answer.
+            .half_close(true)
+            // The head's cap is the memory a connection may hold: past it
+            // 431, instead of hyper's default of about 400 KB.
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes.max(8192) + 4096);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_streams)
-            // Redirect headers are small; a client's are too.
-            .max_header_list_size(64 * 1024);
+            .max_header_list_size(limits.max_header_bytes as u32);
         Protocols {
             http1,
             http2,

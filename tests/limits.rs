@@ -1,0 +1,96 @@
+//! Request limits over raw TCP, against the real service on port 0: a
+//! half-closed client is answered, an oversized head gets 431, an
+//! oversized target 414, and what fits is served.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PKG: &str = "/distri/jackherer/pkg/pkg001-amd64-1.0-1.squashfs";
+
+/// Writes `request` while reading, so an early answer (and close) is seen
+/// even when the rest of the request can no longer be sent; returns the
+/// status line.
+async fn send_while_reading(addr: SocketAddr, request: Vec<u8>, half_close: bool) -> String {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        // The server may answer and close before it has read everything.
+        if wr.write_all(&request).await.is_ok() && half_close {
+            let _ = wr.shutdown().await;
+        }
+        wr
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                // A reset after the answer arrived.
+                Err(_) => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer within 10 s");
+    drop(writer.await);
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn request(target: &str, extra_header: Option<(&str, usize)>) -> Vec<u8> {
+    let mut r = format!("GET {target} HTTP/1.1\r\nHost: t\r\n");
+    if let Some((name, len)) = extra_header {
+        r.push_str(&format!("{name}: {}\r\n", "a".repeat(len)));
+    }
+    r.push_str("Connection: close\r\n\r\n");
+    r.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_what_is_too_big_and_serve_the_rest() {
+    let f = Fixture::start(vec![], Options::default()).await;
+    let addr = f.addr();
+
+    // Sent, then the client's side shut: still answered.
+    for _ in 0..20 {
+        let r = request(PKG, None);
+        assert_eq!(
+            send_while_reading(addr, r, true).await,
+            "HTTP/1.1 302 Found"
+        );
+    }
+
+    // A 200 KB header: 431, not accepted.
+    let huge = request(PKG, Some(("X-Big", 200 * 1024)));
+    let status = send_while_reading(addr, huge, false).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+
+    // Just under the default 16 KiB head: served.
+    let fits = request(PKG, Some(("X-Big", 15 * 1024)));
+    assert_eq!(
+        send_while_reading(addr, fits, false).await,
+        "HTTP/1.1 302 Found"
+    );
+
+    // A 9 KiB target: 414; an 8,000-byte one is served.
+    let long = format!("/distri/jackherer/pkg/{}.squashfs", "a".repeat(9 * 1024));
+    let status = send_while_reading(addr, request(&long, None), false).await;
+    assert!(status.starts_with("HTTP/1.1 414"), "{status:?}");
+    let ok = format!("/distri/jackherer/pkg/{}.squashfs", "a".repeat(7900));
+    assert_eq!(
+        send_while_reading(addr, request(&ok, None), false).await,
+        "HTTP/1.1 302 Found"
+    );
+
+    // And the service goes on serving.
+    assert_eq!(f.where_to("1.0.0.1").await, "origin");
+}
