@@ -73,6 +73,8 @@ pub enum Outcome {
     Page {
         body: Bytes,
         content_type: HeaderValue,
+        /// The body is gzipped (the client accepts it).
+        gzip: bool,
     },
 }
 
@@ -182,7 +184,7 @@ impl Frontend {
         if raw == "/healthz" {
             return (Outcome::Healthy, Served::other(Other::Health));
         }
-        if let Some(page) = self.page(raw, conn, routing) {
+        if let Some(page) = self.page(req, conn, routing) {
             return (page, Served::other(Other::Page));
         }
         if conn.admin {
@@ -211,19 +213,23 @@ impl Frontend {
     }
 
     /// The status page, its JSON and (on the admin listener) metrics.
-    fn page(&self, raw: &str, conn: Conn, routing: &Routing) -> Option<Outcome> {
-        let body = match raw {
-            "/mirrors" | "/mirrors/" => (self.pages.as_ref()?.html(), HTML.clone()),
-            "/mirrors.json" => (self.pages.as_ref()?.json(), JSON.clone()),
+    fn page<B>(&self, req: &Request<B>, conn: Conn, routing: &Routing) -> Option<Outcome> {
+        let gzip = accepts_gzip(req);
+        let rendered = |p: crate::status::Page| if gzip { p.gzip } else { p.plain };
+        let (body, content_type, gzip) = match req.uri().path() {
+            "/mirrors" | "/mirrors/" => (rendered(self.pages.as_ref()?.html()), HTML.clone(), gzip),
+            "/mirrors.json" => (rendered(self.pages.as_ref()?.json()), JSON.clone(), gzip),
             "/metrics" if conn.admin => (
                 Bytes::from(self.metrics.as_ref()?.render(routing)),
                 HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                false,
             ),
             _ => return None,
         };
         Some(Outcome::Page {
-            body: body.0,
-            content_type: body.1,
+            body,
+            content_type,
+            gzip,
         })
     }
 }
@@ -329,7 +335,27 @@ fn mirrorlist<B>(
     Outcome::Page {
         body: Bytes::from(body),
         content_type,
+        gzip: false,
     }
+}
+
+/// `Accept-Encoding` names gzip, without `q=0`.
+fn accepts_gzip<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            coding.eq_ignore_ascii_case("gzip") && !refused
+        })
 }
 
 /// One line per request, when the config asks for it.
@@ -427,6 +453,8 @@ fn redirect(base: &str, path: &str) -> Outcome {
 }
 
 static CACHE_CONTROL: HeaderValue = HeaderValue::from_static("private, no-store");
+static GZIP: HeaderValue = HeaderValue::from_static("gzip");
+static VARY: HeaderValue = HeaderValue::from_static("accept-encoding");
 static ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD");
 static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
@@ -445,7 +473,9 @@ pub fn respond(outcome: Outcome, head: bool) -> Response<Full<Bytes>> {
             ),
             &TEXT,
         ),
-        Outcome::Page { body, content_type } => (StatusCode::OK, body.clone(), content_type),
+        Outcome::Page {
+            body, content_type, ..
+        } => (StatusCode::OK, body.clone(), content_type),
         Outcome::TargetTooLong => (StatusCode::URI_TOO_LONG, text("414 URI Too Long\n"), &TEXT),
         Outcome::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -464,6 +494,12 @@ pub fn respond(outcome: Outcome, head: bool) -> Response<Full<Bytes>> {
         }
         Outcome::MethodNotAllowed => {
             h.insert(header::ALLOW, ALLOW.clone());
+        }
+        Outcome::Page { gzip, .. } => {
+            if gzip {
+                h.insert(header::CONTENT_ENCODING, GZIP.clone());
+            }
+            h.insert(header::VARY, VARY.clone());
         }
         _ => {}
     }

@@ -157,9 +157,8 @@ impl Latency {
 
     /// Per-bucket counts (not cumulative), and the sum in nanoseconds.
     pub fn read(&self) -> ([u64; BUCKETS], u64) {
-        let buckets = std::array::from_fn(|i| {
-            self.shards.iter().map(|s| s.buckets[i].load(Relaxed)).sum()
-        });
+        let buckets =
+            std::array::from_fn(|i| self.shards.iter().map(|s| s.buckets[i].load(Relaxed)).sum());
         let sum = self.shards.iter().map(|s| s.sum_ns.load(Relaxed)).sum();
         (buckets, sum)
     }

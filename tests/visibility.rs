@@ -431,3 +431,44 @@ async fn a_second_service_cannot_take_the_admin_address() {
     // The first still answers there.
     assert_eq!(get(taken, "/healthz", "").await.status, 200);
 }
+
+/// The page is sent gzipped to clients that accept it, and plain to the
+/// rest, with `Vary` either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_is_gzipped_for_clients_that_accept_it() {
+    use std::io::Read as _;
+    let f = Fixture::start(world(), Options::default()).await;
+    f.wait_eligible(
+        &["eu-fra", "us-nyc", "jp-tyo", "br-sao"],
+        Duration::from_secs(10),
+    )
+    .await;
+    // Until the page shows the eligible mirrors.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let plain = loop {
+        let a = get(f.addr(), "/mirrors", "").await;
+        if String::from_utf8_lossy(&a.body).contains("4 of 4 mirrors eligible") {
+            break a;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.header("vary"), Some("accept-encoding"));
+    let gz = get(f.addr(), "/mirrors", "Accept-Encoding: br, gzip\r\n").await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert!(
+        gz.body.len() * 2 < plain.body.len(),
+        "{} vs {}",
+        gz.body.len(),
+        plain.body.len()
+    );
+    let mut html = String::new();
+    flate2::read::GzDecoder::new(&gz.body[..])
+        .read_to_string(&mut html)
+        .unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.contains("4 of 4 mirrors eligible"));
+    let refused = get(f.addr(), "/mirrors.json", "Accept-Encoding: gzip;q=0\r\n").await;
+    assert_eq!(refused.header("content-encoding"), None);
+    serde_json::from_slice::<Value>(&refused.body).unwrap();
+}

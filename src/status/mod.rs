@@ -38,18 +38,37 @@ pub struct Pages {
 }
 
 struct Rendered {
-    html: Bytes,
-    json: Bytes,
+    html: Page,
+    json: Page,
+}
+
+/// A rendered body, and the same gzipped.
+#[derive(Clone)]
+pub struct Page {
+    pub plain: Bytes,
+    pub gzip: Bytes,
+}
+
+impl Page {
+    fn new(body: String) -> Page {
+        use std::io::Write as _;
+        let plain = Bytes::from(body);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        // Writing to a Vec cannot fail.
+        let gzip = match gz.write_all(&plain).and_then(|()| gz.finish()) {
+            Ok(v) => Bytes::from(v),
+            Err(_) => Bytes::new(),
+        };
+        Page { plain, gzip }
+    }
 }
 
 impl Default for Pages {
     fn default() -> Pages {
         Pages {
             current: ArcSwap::from_pointee(Rendered {
-                html: Bytes::from_static(
-                    b"<!doctype html><title>Mirrors</title><p>Starting.</p>\n",
-                ),
-                json: Bytes::from_static(b"{}\n"),
+                html: Page::new("<!doctype html><title>Mirrors</title><p>Starting.</p>\n".into()),
+                json: Page::new("{}\n".into()),
             }),
             redraw: tokio::sync::Notify::new(),
         }
@@ -57,11 +76,11 @@ impl Default for Pages {
 }
 
 impl Pages {
-    pub fn html(&self) -> Bytes {
+    pub fn html(&self) -> Page {
         self.current.load().html.clone()
     }
 
-    pub fn json(&self) -> Bytes {
+    pub fn json(&self) -> Page {
         self.current.load().json.clone()
     }
 
@@ -97,8 +116,8 @@ pub async fn run(pages: Arc<Pages>, routing: SharedRouting, tally: Arc<Tally>, b
                 at: SystemTime::now(),
             };
             let rendered = Rendered {
-                html: Bytes::from(view.html()),
-                json: Bytes::from(view.json().to_string() + "\n"),
+                html: Page::new(view.html()),
+                json: Page::new(view.json().to_string() + "\n"),
             };
             pages.current.store(Arc::new(rendered));
             shown = Some(current);
