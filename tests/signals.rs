@@ -28,6 +28,15 @@ impl Service {
 
     /// With `extra` appended to the config.
     fn start_with(notify: Option<&std::path::Path>, extra: &str) -> Service {
+        Service::start_limited(notify, extra, None)
+    }
+
+    /// And, with `nofile`, at most that many open files (RLIMIT_NOFILE).
+    fn start_limited(
+        notify: Option<&std::path::Path>,
+        extra: &str,
+        nofile: Option<u32>,
+    ) -> Service {
         let dir = tempfile::tempdir().unwrap();
         write_nested_db(&dir.path().join("test.mmdb"));
         let config = dir.path().join("mirrors.toml");
@@ -40,7 +49,17 @@ impl Service {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_distri-redirector"));
+        let bin = env!("CARGO_BIN_EXE_distri-redirector");
+        let mut cmd = match nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&config)
@@ -249,4 +268,25 @@ fn access_log_writes_one_json_line_per_request() {
             &serde_json::json!("method_not_allowed")
         )
     );
+}
+
+/// Out of file descriptors: connections past the limit wait in the
+/// backlog; once some close, the service accepts and answers again,
+/// without a restart.
+#[test]
+fn serving_resumes_after_running_out_of_file_descriptors() {
+    let service = Service::start_limited(None, "header_timeout = \"60s\"\n", Some(64));
+    let addr = service.addr();
+    // Idle connections until accepting fails for want of descriptors.
+    let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    service.line_with("accept failed");
+    // While exhausted, a request waits in the backlog...
+    let mut waiting = TcpStream::connect(addr).unwrap();
+    waiting.write_all(REQUEST).unwrap();
+    // ...and is answered once descriptors are free again.
+    drop(idle);
+    assert!(read_head(&mut waiting).starts_with("HTTP/1.1 302"));
+    let mut fresh = TcpStream::connect(addr).unwrap();
+    fresh.write_all(REQUEST).unwrap();
+    assert!(read_head(&mut fresh).starts_with("HTTP/1.1 302"));
 }
