@@ -9,6 +9,9 @@
 //!   metrics (`redirect-no-metrics`), and `handler/reference`, the cheapest possible answer (a fixed 302
 //!   built the same way), which the ratios in RESULTS.md divide by.
 //!
+//! - `status/coverage-every-cell`: the status page's coverage with traffic
+//!   in every cell (off the request path; its worst case).
+//!
 //! `bash benches/report.sh` prints medians and ratios after a run.
 
 use std::hint::black_box;
@@ -296,5 +299,34 @@ fn bench_handler(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_geoip, bench_select, bench_handler);
+/// The status page's coverage and suggestions with traffic in every cell
+/// of the grid from 30 mirrors: what one rendering costs at most (it runs
+/// off the request path, once a minute).
+fn bench_coverage(c: &mut Criterion) {
+    use distri_redirector::stats::CELLS;
+    use distri_redirector::status::coverage::{Counts, coverage};
+    let mut r = rng();
+    let places: Vec<Coord> = (0..30).map(|_| populated_place(&mut r)).collect();
+    let counts: Counts = (0..30)
+        .map(|i| {
+            let cells = (0..=CELLS).map(|_| r.random_range(0..50u64)).collect();
+            (Some(Arc::from(format!("m{i}").as_str())), cells)
+        })
+        .collect();
+    let place = |t: &Option<Arc<str>>| {
+        let i: usize = t.as_deref()?[1..].parse().ok()?;
+        places.get(i).copied()
+    };
+    c.bench_function("status/coverage-every-cell", |b| {
+        b.iter(|| black_box(coverage(black_box(&counts), place)))
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_geoip,
+    bench_select,
+    bench_handler,
+    bench_coverage
+);
 criterion_main!(benches);

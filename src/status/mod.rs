@@ -108,18 +108,29 @@ pub async fn run(pages: Arc<Pages>, routing: SharedRouting, tally: Arc<Tally>, b
         if changed || asked || drawn.elapsed() >= REDRAW {
             let counts = counts(&tally, &current);
             windows.tick(Instant::now(), &counts);
-            let view = View {
-                routing: &current,
-                board: board.view(),
-                last_hour: windows.last_hour(&counts),
-                coverage: coverage::coverage(&windows.last_day(&counts), |t| place(&current, t)),
-                at: SystemTime::now(),
-            };
-            let rendered = Rendered {
-                html: Page::new(view.html()),
-                json: Page::new(view.json().to_string() + "\n"),
-            };
-            pages.current.store(Arc::new(rendered));
+            let (last_hour, last_day) = (windows.last_hour(&counts), windows.last_day(&counts));
+            let (routing, board) = (current.clone(), board.view());
+            // Suggestions and compression take milliseconds to a good part
+            // of a second with traffic from everywhere: not on the task
+            // that also publishes probe results.
+            let rendered = tokio::task::spawn_blocking(move || {
+                let view = View {
+                    coverage: coverage::coverage(&last_day, |t| place(&routing, t)),
+                    routing: &routing,
+                    board,
+                    last_hour,
+                    at: SystemTime::now(),
+                };
+                Rendered {
+                    html: Page::new(view.html()),
+                    json: Page::new(view.json().to_string() + "\n"),
+                }
+            })
+            .await;
+            match rendered {
+                Ok(r) => pages.current.store(Arc::new(r)),
+                Err(e) => tracing::error!(cause = %e, "rendering the status page failed"),
+            }
             shown = Some(current);
             drawn = Instant::now();
         }
