@@ -9,6 +9,7 @@
 #   FORMAT=json ROUNDS=5 bash benches/access-log.sh
 #   CONTROL=1 bash benches/access-log.sh       # A/A: the log off on both sides
 #   SINK=/dev/null bash benches/access-log.sh  # the log's own cost, without the disk's
+#   PIN=1 bash benches/access-log.sh           # one serving thread each on CPU 0, wrk on CPU 1
 #
 # Everything runs on loopback. Installs wrk if missing.
 set -euo pipefail
@@ -18,6 +19,9 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-2}
 FORMAT=${FORMAT:-text}
+PIN=${PIN:-0}
+server_cpu=()
+if [ "$PIN" = 1 ]; then WORKERS=1; server_cpu=(taskset -c 0); export WRK_PREFIX="taskset -c 1"; fi
 OFF=127.0.0.1:18191
 ON=127.0.0.1:18192
 
@@ -43,9 +47,9 @@ fi
 # [log] must not land inside the last [[mirror]] table: check it parses.
 target/release/distri-redirector check --config "$work/on.toml" >/dev/null
 
-target/release/distri-redirector serve --config "$work/off.toml" 2>"$logs/off.log" &
+"${server_cpu[@]}" target/release/distri-redirector serve --config "$work/off.toml" 2>"$logs/off.log" &
 off_pid=$!; pids+=($off_pid)
-target/release/distri-redirector serve --config "$work/on.toml" 2>"${SINK:-$logs/on.log}" &
+"${server_cpu[@]}" target/release/distri-redirector serve --config "$work/on.toml" 2>"${SINK:-$logs/on.log}" &
 on_pid=$!; pids+=($on_pid)
 wait_up "$logs/off.log" 50
 if [ -n "${SINK:-}" ]; then sleep 1; else wait_up "$logs/on.log" 50; fi
