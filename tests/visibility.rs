@@ -100,6 +100,10 @@ async fn metrics_count_exactly_the_requests_made() {
     assert_eq!(get(f.addr(), "/healthz", "").await.status, 200);
     assert_eq!(get(admin(&f), "/nothing", "").await.status, 404);
     let after = scrape(admin(&f)).await;
+    // The status page is on the admin listener too (not counted above).
+    let page = get(admin(&f), "/mirrors.json", "").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("application/json"));
 
     let moved = |key: &str| at(&after, key) - before.get(key).copied().unwrap_or(0.0);
     assert_eq!(moved("distri_redirects_total{mirror=eu-fra}"), 5.0);
