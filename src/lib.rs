@@ -45,6 +45,9 @@
 //! `select` over one loaded `routing` snapshot): no lock, no I/O, no
 //! waiting on probes or reloads.
 
+// No unsafe code anywhere in the crate; the compiler holds us to it.
+#![forbid(unsafe_code)]
+
 pub mod accesslog;
 pub mod app;
 pub mod client;

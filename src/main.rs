@@ -1,5 +1,8 @@
 //! The command line: parses arguments, sets up logging, calls the library.
 
+// No unsafe code anywhere in the crate; the compiler holds us to it.
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
