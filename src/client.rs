@@ -80,13 +80,9 @@ pub fn explain(
 ) -> (Sender, Derivation) {
     let mut proxies = Vec::new();
     let (sender, via) = derive(peer, tls, headers, trusted, &mut |hop| proxies.push(hop));
-    match via {
-        // Every entry was a trusted proxy: the leftmost is the client.
-        Via::XForwardedFor | Via::Forwarded if proxies.last() == Some(&sender.ip) => {
-            proxies.pop();
-        }
-        Via::MalformedHeader => proxies.clear(),
-        _ => {}
+    if via == Via::MalformedHeader {
+        // The peer is the client: no proxy was passed over.
+        proxies.clear();
     }
     if via != Via::Peer {
         proxies.insert(0, peer.to_canonical());
@@ -199,11 +195,20 @@ fn walk(
             let Some(ip) = parse(entry.trim()).map(|ip| ip.to_canonical()) else {
                 return Walk::Malformed;
             };
-            if !is_trusted(ip, trusted) {
+            // A trusted entry is a proxy passed over only once another
+            // entry stands to its left: the leftmost of all is the client.
+            let proxy = is_trusted(ip, trusted);
+            let passed = if proxy {
+                leftmost.replace(ip)
+            } else {
+                leftmost
+            };
+            if let Some(p) = passed {
+                hop(p);
+            }
+            if !proxy {
                 return Walk::Client(ip);
             }
-            hop(ip);
-            leftmost = Some(ip);
         }
     }
     // Every hop is a trusted proxy: the first of them is the client.
@@ -282,6 +287,51 @@ mod tests {
             );
             assert!(sender(ip(peer), true, &with(headers), &trusted()).https);
         }
+    }
+
+    #[test]
+    fn explain_lists_the_trusted_proxies_passed_over() {
+        let case = |xff: &str| {
+            let (s, d) = explain(
+                ip("127.0.0.1"),
+                false,
+                &with(&[("x-forwarded-for", xff)]),
+                &trusted(),
+            );
+            (s.ip, d.via, d.proxies)
+        };
+        let peer = ip("127.0.0.1");
+        assert_eq!(
+            case("1.2.3.4, 10.0.0.6"),
+            (
+                ip("1.2.3.4"),
+                Via::XForwardedFor,
+                vec![peer, ip("10.0.0.6")]
+            )
+        );
+        // Every entry trusted: the leftmost is the client, not a proxy.
+        assert_eq!(
+            case("10.0.0.5, 10.0.0.6"),
+            (
+                ip("10.0.0.5"),
+                Via::XForwardedFor,
+                vec![peer, ip("10.0.0.6")]
+            )
+        );
+        assert_eq!(
+            case("10.0.0.6, nonsense"),
+            (peer, Via::MalformedHeader, vec![peer])
+        );
+        let (s, d) = explain(
+            ip("198.51.100.7"),
+            false,
+            &with(&[("x-forwarded-for", "1.2.3.4")]),
+            &trusted(),
+        );
+        assert_eq!(
+            (s.ip, d.via, d.proxies),
+            (ip("198.51.100.7"), Via::Peer, vec![])
+        );
     }
 
     fn trusted() -> Vec<IpNet> {

@@ -461,10 +461,15 @@ fn origin_at(
     match (lat, lon) {
         (None, None) => Ok(None),
         (Some(lat), Some(lon)) => coord(src, "origin_", &lat, &lon).map(Some),
-        (Some(only), None) | (None, Some(only)) => Err(src.err(
-            only.span(),
+        (Some(lat), None) => Err(src.err(
+            lat.span(),
+            "origin_lon",
+            "missing: origin_lat and origin_lon go together, set both or neither",
+        )),
+        (None, Some(lon)) => Err(src.err(
+            lon.span(),
             "origin_lat",
-            "origin_lat and origin_lon go together: set both or neither",
+            "missing: origin_lat and origin_lon go together, set both or neither",
         )),
     }
 }
@@ -859,6 +864,25 @@ ipv6 = false
         assert_eq!(c.mirrors[1].url, "http://mirror.example.net/distri/");
         assert!(!c.mirrors[1].ipv6);
         assert_eq!(c.selection, Selection::default());
+        assert_eq!(
+            (&c.admin, c.log, c.origin_at),
+            (&None, Log::default(), None)
+        );
+        assert_eq!(c.server.max_header_bytes, 16 * 1024);
+        let with = format!(
+            "origin_lat = 47.4\norigin_lon = 8.5\n{GOOD}\n[admin]\nlisten = [\"127.0.0.1:9180\"]\n\
+             [log]\naccess = true\nformat = \"json\"\n"
+        );
+        let c = parse(&with).unwrap();
+        assert_eq!(c.origin_at, Coord::new(47.4, 8.5));
+        assert_eq!(c.admin.unwrap().listen, ["127.0.0.1:9180".parse().unwrap()]);
+        assert_eq!(
+            c.log,
+            Log {
+                access: true,
+                json: true
+            }
+        );
     }
 
     /// Each bad edit of GOOD, the line it is on, and text the message must hold.
@@ -946,6 +970,36 @@ ipv6 = false
                 "https://user:pw@repo.distr1.org",
                 3,
                 "origin: ",
+            ),
+            (
+                "[probe]",
+                "origin_lat = 47.4\n[probe]",
+                8,
+                "origin_lon: missing",
+            ),
+            (
+                "[probe]",
+                "origin_lat = 47.4\norigin_lon = 200.0\n[probe]",
+                9,
+                "origin_lon: 200 is outside -180..180",
+            ),
+            (
+                "[probe]",
+                "[log]\nformat = \"xml\"\n[probe]",
+                9,
+                "log.format: \"xml\": use \"text\" or \"json\"",
+            ),
+            (
+                "[probe]",
+                "[admin]\nlisten = [\"nowhere\"]\n[probe]",
+                9,
+                "admin.listen: \"nowhere\" is not a socket address",
+            ),
+            (
+                "timeout = \"2s\"",
+                "timeout = \"2s\"\n[server]\nmax_header_bytes = 100",
+                12,
+                "server.max_header_bytes: 100 is out of range",
             ),
         ];
         for (from, to, line, want) in cases {

@@ -212,19 +212,27 @@ impl Frontend {
         redirect_for(routing, from.ip, from.https, &path)
     }
 
-    /// The status page, its JSON and (on the admin listener) metrics.
+    /// The status page, its JSON and (on the admin listener) metrics; the
+    /// path is matched first, so other requests never read their headers
+    /// for this.
     fn page<B>(&self, req: &Request<B>, conn: Conn, routing: &Routing) -> Option<Outcome> {
-        let gzip = accepts_gzip(req);
-        let rendered = |p: crate::status::Page| if gzip { p.gzip } else { p.plain };
-        let (body, content_type, gzip) = match req.uri().path() {
-            "/mirrors" | "/mirrors/" => (rendered(self.pages.as_ref()?.html()), HTML.clone(), gzip),
-            "/mirrors.json" => (rendered(self.pages.as_ref()?.json()), JSON.clone(), gzip),
-            "/metrics" if conn.admin => (
-                Bytes::from(self.metrics.as_ref()?.render(routing)),
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                false,
-            ),
+        let (rendered, content_type) = match req.uri().path() {
+            "/mirrors" | "/mirrors/" => (self.pages.as_ref()?.html(), HTML.clone()),
+            "/mirrors.json" => (self.pages.as_ref()?.json(), JSON.clone()),
+            "/metrics" if conn.admin => {
+                let body = Bytes::from(self.metrics.as_ref()?.render(routing));
+                let content_type = HeaderValue::from_static(crate::metrics::CONTENT_TYPE);
+                return Some(Outcome::Page {
+                    body,
+                    content_type,
+                    gzip: false,
+                });
+            }
             _ => return None,
+        };
+        let (body, gzip) = match rendered.gzip {
+            Some(gz) if accepts_gzip(req) => (gz, true),
+            _ => (rendered.plain, false),
         };
         Some(Outcome::Page {
             body,

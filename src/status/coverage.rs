@@ -208,7 +208,7 @@ fn suggest(cells: &[CellStat]) -> Vec<Suggestion> {
             break;
         };
         let (mut n, mut travelled) = (0u64, 0f64);
-        for ((&(c, count, _), cur), _) in sources.iter().zip(now.iter_mut()).zip(0..) {
+        for (&(c, count, _), cur) in sources.iter().zip(now.iter_mut()) {
             let d = at.distance_km(c);
             if d < *cur {
                 n += count;

@@ -46,7 +46,9 @@ struct Rendered {
 #[derive(Clone)]
 pub struct Page {
     pub plain: Bytes,
-    pub gzip: Bytes,
+    /// `None` if compressing failed (writing to a `Vec` does not): the
+    /// plain body is sent then.
+    pub gzip: Option<Bytes>,
 }
 
 impl Page {
@@ -54,11 +56,11 @@ impl Page {
         use std::io::Write as _;
         let plain = Bytes::from(body);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        // Writing to a Vec cannot fail.
-        let gzip = match gz.write_all(&plain).and_then(|()| gz.finish()) {
-            Ok(v) => Bytes::from(v),
-            Err(_) => Bytes::new(),
-        };
+        let gzip = gz
+            .write_all(&plain)
+            .and_then(|()| gz.finish())
+            .ok()
+            .map(Bytes::from);
         Page { plain, gzip }
     }
 }
