@@ -92,16 +92,23 @@ async fn status_page_renders_in_a_browser() {
         f.where_to(ip).await;
     }
     f.service.as_ref().unwrap().redraw_status();
-    let url = format!("http://{}/mirrors", f.addr());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let (dom, console) = loop {
-        let (dom, console) = tokio::task::block_in_place(|| load(&browser, &url));
-        if dom.contains("connection refused") && dom.contains("class=\"cell\"") {
-            break (dom, console);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{dom}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Until the page has the down mirror and the counts; then the browser.
+    let addr = f.addr();
+    f.eventually(
+        "the page to show the down mirror and the cells",
+        || async move {
+            let a = raw(
+                addr,
+                "GET /mirrors HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            let html = String::from_utf8_lossy(&a.body);
+            (html.contains("connection refused") && html.contains("class=\"cell\"")).then_some(())
+        },
+    )
+    .await;
+    let url = format!("http://{addr}/mirrors");
+    let (dom, console) = tokio::task::block_in_place(|| load(&browser, &url));
     assert!(console.is_empty(), "console: {console:?}");
     assert!(dom.contains("<svg id=\"map\""), "no map");
     assert!(dom.contains("class=\"land\""), "no countries");

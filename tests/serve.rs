@@ -10,17 +10,10 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(10);
 
-async fn world_fixture(opts: Options) -> Fixture {
-    let f = Fixture::start(world(), opts).await;
-    f.wait_eligible(&["eu-fra", "us-nyc", "jp-tyo", "br-sao"], SETTLE)
-        .await;
-    f
-}
-
 #[tokio::test]
 async fn nearest_mirror_on_every_continent_in_both_schemas() {
     for flat_db in [false, true] {
-        let f = world_fixture(Options {
+        let f = Fixture::world(Options {
             flat_db,
             ..Options::default()
         })
@@ -44,7 +37,7 @@ async fn nearest_mirror_on_every_continent_in_both_schemas() {
 
 #[tokio::test]
 async fn the_redirect_keeps_the_path_and_says_not_to_cache() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     let a = f
         .get_as("1.0.0.1", "/distri/jackherer/pkg//meta.binaryproto?x=1")
         .await;
@@ -71,7 +64,7 @@ async fn the_redirect_keeps_the_path_and_says_not_to_cache() {
 
 #[tokio::test]
 async fn head_has_headers_and_no_body() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     let a = raw(
         f.addr(),
         "HEAD /distri/supersilverhaze/pkg/meta.binaryproto HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 2.0.0.1\r\nConnection: close\r\n\r\n",
@@ -84,7 +77,7 @@ async fn head_has_headers_and_no_body() {
 
 #[tokio::test]
 async fn other_methods_are_refused_with_allow() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     for m in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
         let a = raw(f.addr(), &format!("{m} /distri/jackherer/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await;
         assert_eq!(a.status, 405, "{m}");
@@ -95,7 +88,7 @@ async fn other_methods_are_refused_with_allow() {
 
 #[tokio::test]
 async fn healthz_answers() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     let a = raw(
         f.addr(),
         "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -107,7 +100,7 @@ async fn healthz_answers() {
 
 #[tokio::test]
 async fn bad_paths_get_400_and_no_location() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     let bad = [
         "/distri/jackherer/../../etc/passwd",
         "/distri/jackherer/./pkg/x",
@@ -129,7 +122,7 @@ async fn bad_paths_get_400_and_no_location() {
 
 #[tokio::test]
 async fn non_current_trees_and_other_paths_go_to_the_origin() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     for p in [
         "/distri/master/pkg/x.squashfs",
         "/distri/jackherer",
@@ -202,7 +195,7 @@ async fn country_restrictions() {
 
 #[tokio::test]
 async fn unknown_locations_spread_and_stick() {
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     let mut seen = std::collections::HashSet::new();
     // 7.0.0.0/24 has a record without a place; 9.x has no record at all.
     assert_eq!(f.where_to("7.0.0.1").await, f.where_to("7.0.0.99").await);
@@ -218,7 +211,7 @@ async fn unknown_locations_spread_and_stick() {
 #[tokio::test]
 async fn forwarded_headers_only_from_trusted_proxies() {
     // Requests come from 127.0.0.1. Trusted: its headers decide.
-    let f = world_fixture(Options::default()).await;
+    let f = Fixture::world(Options::default()).await;
     let with = |h: &str| {
         format!(
             "GET /distri/jackherer/pkg/x HTTP/1.1\r\nHost: t\r\n{h}\r\nConnection: close\r\n\r\n"
@@ -260,7 +253,7 @@ async fn forwarded_headers_only_from_trusted_proxies() {
     );
 
     // Untrusted peer: the same headers change nothing.
-    let f = world_fixture(Options {
+    let f = Fixture::world(Options {
         trusted: r#"["10.0.0.0/8"]"#,
         ..Options::default()
     })

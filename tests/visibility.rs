@@ -69,12 +69,7 @@ async fn metrics_count_exactly_the_requests_made() {
         extra: ADMIN,
         ..Options::default()
     };
-    let f = Fixture::start(world(), opts).await;
-    f.wait_eligible(
-        &["eu-fra", "us-nyc", "jp-tyo", "br-sao"],
-        Duration::from_secs(10),
-    )
-    .await;
+    let f = Fixture::world(opts).await;
     let before = scrape(admin(&f)).await;
     for _ in 0..5 {
         assert_eq!(f.where_to("1.0.0.1").await, "eu-fra");
@@ -198,8 +193,7 @@ async fn shown(f: &Fixture) -> HashMap<String, (bool, String)> {
 
 /// Polls the page until it shows what the table has.
 async fn agrees(f: &Fixture) -> HashMap<String, (bool, String)> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    f.eventually("the page to show the table", || async move {
         let table = f.service.as_ref().unwrap().table();
         let want: HashMap<String, (bool, String)> = table
             .mirrors()
@@ -212,15 +206,9 @@ async fn agrees(f: &Fixture) -> HashMap<String, (bool, String)> {
             })
             .collect();
         let got = shown(f).await;
-        if got == want {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "page {got:?}, table {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (got == want).then_some(got)
+    })
+    .await
 }
 
 /// `/mirrors.json` agrees with the table as mirrors go down and come back,
@@ -232,12 +220,7 @@ async fn mirrors_json_follows_the_table() {
         extra: ADMIN,
         ..Options::default()
     };
-    let mut f = Fixture::start(world(), opts).await;
-    f.wait_eligible(
-        &["eu-fra", "us-nyc", "jp-tyo", "br-sao"],
-        Duration::from_secs(10),
-    )
-    .await;
+    let mut f = Fixture::world(opts).await;
     let all_up = agrees(&f).await;
     assert!(all_up.values().all(|(e, _)| *e), "{all_up:?}");
 
@@ -258,38 +241,39 @@ async fn mirrors_json_follows_the_table() {
         f.where_to("2.0.0.1").await;
     }
     f.service.as_ref().unwrap().redraw_status();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let j = mirrors_json(&f).await;
-        let nyc = j["mirrors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "us-nyc")
-            .unwrap()
-            .clone();
-        if nyc["redirects_last_hour"] == 4 {
-            assert_eq!(nyc["share_last_hour"], 1.0);
-            assert_eq!(j["coverage"]["requests"], 4);
-            let cells = j["coverage"]["cells"].as_array().unwrap();
-            assert_eq!(cells.len(), 1, "Chicago's cell: {cells:?}");
-            assert_eq!(cells[0]["lat"], 42.5);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{j}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let fr = &f;
+    let j = f
+        .eventually("the hour's four redirects", || async move {
+            let j = mirrors_json(fr).await;
+            let nyc = j["mirrors"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == "us-nyc")?;
+            (nyc["redirects_last_hour"] == 4).then(|| j.clone())
+        })
+        .await;
+    let nyc = j["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "us-nyc")
+        .unwrap();
+    assert_eq!(nyc["share_last_hour"], 1.0);
+    assert_eq!(j["coverage"]["requests"], 4);
+    let cells = j["coverage"]["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 1, "Chicago's cell: {cells:?}");
+    assert_eq!(cells[0]["lat"], 42.5);
 
     // A config that does not parse: refused (the watcher sees it), and
     // said so on both.
     std::fs::write(f.config_path(), "origin = [\n").unwrap();
     f.until("the refusal", |f| f.reloads().1 >= 1).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while mirrors_json(&f).await["reload"]["last_error"].is_null() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let j = mirrors_json(&f).await;
+    let j = f
+        .eventually("the refusal on the page", || async move {
+            let j = mirrors_json(fr).await;
+            (!j["reload"]["last_error"].is_null()).then_some(j)
+        })
+        .await;
     let message = j["reload"]["last_error"]["message"].as_str().unwrap();
     assert!(message.contains("mirrors.toml"), "{message}");
     let page = get(f.addr(), "/mirrors", "").await;
@@ -441,22 +425,16 @@ async fn a_second_service_cannot_take_the_admin_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_is_gzipped_for_clients_that_accept_it() {
     use std::io::Read as _;
-    let f = Fixture::start(world(), Options::default()).await;
-    f.wait_eligible(
-        &["eu-fra", "us-nyc", "jp-tyo", "br-sao"],
-        Duration::from_secs(10),
-    )
-    .await;
-    // Until the page shows the eligible mirrors.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let plain = loop {
-        let a = get(f.addr(), "/mirrors", "").await;
-        if String::from_utf8_lossy(&a.body).contains("4 of 4 mirrors eligible") {
-            break a;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let f = Fixture::world(Options::default()).await;
+    let addr = f.addr();
+    let plain = f
+        .eventually("the page to show the eligible mirrors", || async move {
+            let a = get(addr, "/mirrors", "").await;
+            String::from_utf8_lossy(&a.body)
+                .contains("4 of 4 mirrors eligible")
+                .then_some(a)
+        })
+        .await;
     assert_eq!(plain.header("content-encoding"), None);
     assert_eq!(plain.header("vary"), Some("accept-encoding"));
     let gz = get(f.addr(), "/mirrors", "Accept-Encoding: br, gzip\r\n").await;

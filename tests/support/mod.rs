@@ -205,6 +205,14 @@ impl Fixture {
         Fixture::start_with(mirrors, trees, opts).await
     }
 
+    /// The four `world()` mirrors, once all are eligible.
+    pub async fn world(opts: Options) -> Fixture {
+        let f = Fixture::start(world(), opts).await;
+        let names: Vec<&str> = f.names.clone();
+        f.wait_eligible(&names, Duration::from_secs(10)).await;
+        f
+    }
+
     pub async fn start_with(mirrors: Vec<MirrorSpec>, trees: Vec<Tree>, opts: Options) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("test.mmdb");
@@ -286,6 +294,22 @@ impl Fixture {
         while !cond(self) {
             assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls `probe` until it gives a value (20 s at most), or panics naming
+    /// `what`: for conditions only a request can check.
+    pub async fn eventually<T, F>(&self, what: &str, mut probe: impl FnMut() -> F) -> T
+    where
+        F: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
