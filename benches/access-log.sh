@@ -35,9 +35,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$logs"; }
 trap cleanup EXIT
 
-target/release/examples/bench_fixture --mirrors 50 --out "$work/off.toml" --listen "$OFF" --interval 10s --workers "$WORKERS" 2>"$work/fixture.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/off.toml" ] && break; sleep 0.1; done
+start_fixture "$work/off.toml" --mirrors 50 --listen "$OFF" --interval 10s --workers "$WORKERS"
 sed -e "s|$OFF|$ON|" "$work/off.toml" > "$work/on.toml"
 if [ "${CONTROL:-0}" = 1 ]; then
   echo "CONTROL=1: the log is off on both sides"

@@ -1,8 +1,21 @@
-# Shared by benches/load.sh, benches/tls-load.sh, benches/probe-cost.sh and
-# deploy/replicas.sh: source it after `cd` to the repository root.
+# Shared by benches/load.sh, benches/tls-load.sh, benches/probe-cost.sh,
+# benches/access-log.sh and deploy/replicas.sh: source it after `cd` to the
+# repository root.
 
 # need CMD PACKAGE: installs a Debian package when its command is missing.
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+
+# start_fixture OUT ARG...: bench_fixture's loopback origin and mirrors in
+# the background (its PID added to `pids`, its log in the folder of OUT),
+# until it has written their config to OUT (30 s at most).
+start_fixture() {
+  local out=$1; shift
+  target/release/examples/bench_fixture --out "$out" "$@" 2>"$(dirname "$out")/fixture.log" &
+  pids+=($!)
+  for _ in $(seq 300); do [ -s "$out" ] && return; sleep 0.1; done
+  echo "bench_fixture wrote no config; see $(dirname "$out")/fixture.log" >&2
+  return 1
+}
 
 # wait_up LOG N [SECONDS]: until N mirrors came up in a redirector's LOG
 # (30 s at most); prints how many did, and fails when fewer. Requests are

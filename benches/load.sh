@@ -44,9 +44,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-target/release/examples/bench_fixture --mirrors 50 --out "$work/mirrors.toml" --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" 2>"$work/fixture.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
+start_fixture "$work/mirrors.toml" --mirrors 50 --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS"
 "${server_cpu[@]}" target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 redirector_pid=$!
 pids+=($redirector_pid)

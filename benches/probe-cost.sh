@@ -16,9 +16,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-target/release/examples/bench_fixture --mirrors "$MIRRORS" --out "$work/mirrors.toml" --listen 127.0.0.1:18190 --interval 10s 2>"$work/fixture.log" &
-pids+=($!)
-for _ in $(seq 300); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
+start_fixture "$work/mirrors.toml" --mirrors "$MIRRORS" --listen 127.0.0.1:18190 --interval 10s
 target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 pid=$!
 pids+=($pid)

@@ -34,9 +34,7 @@ trap cleanup EXIT
 if [ "$KEY" = rsa ]; then keyopt=(-newkey rsa:2048); else keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256); fi
 openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-target/release/examples/bench_fixture --mirrors 50 --out "$work/mirrors.toml" --listen 127.0.0.1:0 --interval 10s --workers "$WORKERS" 2>"$work/fixture.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/mirrors.toml" ] && break; sleep 0.1; done
+start_fixture "$work/mirrors.toml" --mirrors 50 --listen 127.0.0.1:0 --interval 10s --workers "$WORKERS"
 printf '\n[tls]\nlisten = ["%s"]\ncert = "%s"\nkey = "%s"\n' "$REDIRECTOR" "$work/cert.pem" "$work/key.pem" > "$work/tls.toml"
 # [tls] must come before the [[mirror]] tables: put it after the top-level keys.
 awk -v tls="$(cat "$work/tls.toml")" '/^\[probe\]/ && !done { print tls; print ""; done = 1 } { print }' "$work/mirrors.toml" > "$work/r.toml"

@@ -33,9 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/examples/bench_fixture --mirrors "$MIRRORS" --out "$work/base.toml" --listen 127.0.0.1:0 --interval 5s --workers 1 2>"$work/fixture.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/base.toml" ] && break; sleep 0.1; done
+start_fixture "$work/base.toml" --mirrors "$MIRRORS" --listen 127.0.0.1:0 --interval 5s --workers 1
 
 declare -A replica_pid
 start_replica() { # index
