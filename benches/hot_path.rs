@@ -213,6 +213,7 @@ fn clients(n: usize) -> Vec<Client> {
             ipv6: r.random_range(0..4) == 0,
             network: r.random_range(0..u64::MAX),
             https_only: false,
+            set: distri_redirector::catalog::ALL,
         })
         .collect()
 }

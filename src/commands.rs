@@ -10,7 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::explain::explain;
 use crate::geoip::{GeoDb, GeoIpError};
 use crate::probe::{self, RoundRow, check::ProbeError};
-use crate::table::{Status, Table};
+use crate::table::{Mirror, Status, Table};
 
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,18 +35,23 @@ pub enum CommandError {
 
 /// Probes every mirror once and returns the table that round would publish.
 pub async fn probe_table(config: &Config) -> Result<(Table, Vec<RoundRow>), CommandError> {
-    let rows = probe::run_once(config)
+    let round = probe::run_once(config)
         .await
         .map_err(|source| CommandError::Origin {
             origin: config.origin.clone(),
             source,
         })?;
-    let status_of = |name: &str| {
-        rows.iter()
-            .find(|r| r.name == name)
-            .map_or_else(Status::unprobed, |r| r.status.clone())
-    };
-    let table = Table::with_status_of(&config.mirrors, status_of, config.selection);
+    let rows = round.rows;
+    let mirrors = config
+        .mirrors
+        .iter()
+        .map(|m| {
+            let status = rows.iter().find(|r| r.name == m.name);
+            let status = status.map_or_else(Status::unprobed, |r| r.status.clone());
+            Mirror::from_config(m, status)
+        })
+        .collect();
+    let table = Table::with_origin(mirrors, config.selection, &config.releases, &round.origin);
     Ok((table, rows))
 }
 
@@ -82,7 +87,7 @@ pub fn print_round(
         for _ in row.report.releases.len()..config.releases.len() {
             write!(out, "  {:<15}", "?")?;
         }
-        writeln!(out, "  {}", row.status.reason)?;
+        writeln!(out, "  {}", row.status.summary())?;
     }
     if rows.iter().any(|r| r.status.eligible) {
         Ok(())
@@ -151,7 +156,7 @@ pub fn locate(
     let geo = GeoDb::open(&config.geoip)?;
     for &ip in ips {
         let sender = Sender { ip, https: false };
-        let e = explain(table, &geo, &config.origin, sender, None);
+        let e = explain(table, &geo, &config.origin, sender, None, None);
         out.write_all(e.text().as_bytes())?;
     }
     Ok(())

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::client::{Derivation, Sender};
 use crate::geoip::{GeoDb, Location};
 use crate::select::{self, Client, Exclusion, Verdict, band_limit};
-use crate::table::Table;
+use crate::table::{Mirror, Table};
 
 /// A decision, explained.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct Explanation {
     pub base: String,
     /// The path is not in a current release: it goes to the origin.
     pub outside_releases: bool,
+    /// Which mirrors may serve the file asked for, and why.
+    pub file: Option<String>,
 }
 
 /// One mirror in an explanation.
@@ -42,19 +44,70 @@ pub struct Row {
     pub verdict: Verdict,
     pub health: String,
     pub reason: String,
+    /// Each tree's state on this mirror, as probed.
+    pub trees: Vec<TreeRow>,
 }
 
-/// Explains where `sender` goes with `table` and `geo`, `origin` standing
-/// in when no mirror qualifies.
+/// One tree of a mirror, as probed.
+#[derive(Clone, Debug)]
+pub struct TreeRow {
+    pub release: String,
+    pub tree: String,
+    pub state: String,
+    pub detail: String,
+    /// The short id of the index verified complete, if any.
+    pub index: Option<String>,
+}
+
+impl TreeRow {
+    /// Each tree of `m` as its status records it.
+    pub fn of(m: &Mirror) -> Vec<TreeRow> {
+        let Some(trees) = &m.status.trees else {
+            return Vec::new();
+        };
+        trees
+            .iter()
+            .map(|t| TreeRow {
+                release: t.release.to_string(),
+                tree: t.tree.to_string(),
+                state: t.state.to_string(),
+                detail: t.detail.to_string(),
+                index: t.verified.as_ref().map(|l| l.short_id()),
+            })
+            .collect()
+    }
+
+    fn short(&self) -> String {
+        format!("{}/{} {}", self.release, self.tree, self.state)
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "release": self.release,
+            "tree": self.tree,
+            "state": self.state,
+            "detail": self.detail,
+            "verified_index": self.index,
+        })
+    }
+}
+
+/// Explains where `sender` goes with `table` and `geo` for `path` (a
+/// canonical path of a current release, or `None` for any file), `origin`
+/// standing in when no mirror qualifies.
 pub fn explain(
     table: &Table,
     geo: &GeoDb,
     origin: &str,
     sender: Sender,
     derivation: Option<Derivation>,
+    path: Option<&str>,
 ) -> Explanation {
     let location = geo.lookup(sender.ip);
-    let client = Client::new(sender.ip, &location).https_only(sender.https);
+    let class = path.map(|p| table.catalog().classify(p));
+    let client = Client::new(sender.ip, &location)
+        .https_only(sender.https)
+        .asking_for(class.map_or(table.catalog().any_file(), |(set, _)| set));
     let considered = select::explain(table, &client);
     let mirrors: Vec<Row> = considered
         .iter()
@@ -67,7 +120,8 @@ pub fn explain(
                 weight: m.weight,
                 verdict: c.verdict,
                 health: m.status.health.to_string(),
-                reason: m.status.reason.to_string(),
+                reason: m.status.summary(),
+                trees: TreeRow::of(m),
             }
         })
         .collect();
@@ -87,6 +141,10 @@ pub fn explain(
         location,
         mirrors,
         outside_releases: false,
+        file: Some(class.map_or_else(
+            || "any file: mirrors fresh for every tree".to_string(),
+            |(_, c)| c.to_string(),
+        )),
     }
 }
 
@@ -97,6 +155,7 @@ fn exclusion_code(e: Exclusion) -> &'static str {
         Exclusion::Country => "country",
         Exclusion::Ipv4Only => "address_family",
         Exclusion::NotHttps => "not_https",
+        Exclusion::LacksFile => "lacks_file",
     }
 }
 
@@ -109,6 +168,7 @@ impl Explanation {
     /// origin, whatever the mirrors.
     pub fn not_release(&mut self, origin: &str) {
         self.outside_releases = true;
+        self.file = None;
         self.chosen = None;
         self.base = origin.to_string();
         for r in &mut self.mirrors {
@@ -158,6 +218,9 @@ impl Explanation {
             self.place(),
             self.location.source
         );
+        if let Some(f) = &self.file {
+            let _ = writeln!(out, "  the file: {f}");
+        }
         if self.mirrors.is_empty() {
             let _ = writeln!(out, "  no mirrors configured: origin {}", self.base);
         }
@@ -171,6 +234,10 @@ impl Explanation {
                 r.health,
                 r.reason
             );
+            if r.trees.iter().any(|t| t.state != "fresh") {
+                let trees: Vec<String> = r.trees.iter().map(TreeRow::short).collect();
+                let _ = writeln!(out, "  {:<16} trees: {}", "", trees.join(", "));
+            }
         }
         if self.chosen.is_none() && !self.mirrors.is_empty() {
             let _ = writeln!(out, "  -> origin {}", self.base);
@@ -207,6 +274,7 @@ impl Explanation {
                 "weight": r.weight,
                 "chosen": r.verdict == Verdict::Chosen,
                 "in_band": r.verdict != Verdict::OutsideBand,
+                "trees": r.trees.iter().map(TreeRow::json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "excluded": excluded.iter().map(|r| json!({
                 "name": r.name,
@@ -217,9 +285,12 @@ impl Explanation {
                 },
                 "detail": match r.verdict {
                     Verdict::Excluded(Exclusion::NotEligible) => format!("{}: {}", r.health, r.reason),
+                    Verdict::Excluded(Exclusion::LacksFile) => format!("{}: {}", r.verdict, r.reason),
                     v => v.to_string(),
                 },
+                "trees": r.trees.iter().map(TreeRow::json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "file": self.file,
             "chosen": self.chosen,
             "outside_current_releases": self.outside_releases,
             "redirect": self.redirect(path),
@@ -239,6 +310,7 @@ impl Explanation {
                 Verdict::Excluded(Exclusion::NotEligible) => {
                     format!("excluded: not eligible ({}: {})", r.health, r.reason)
                 }
+                Verdict::Excluded(Exclusion::LacksFile) => format!("{} ({})", r.verdict, r.reason),
                 v => v.to_string(),
             };
             let _ = writeln!(
@@ -263,6 +335,7 @@ impl Explanation {
 <h1>Mirror choice for <code>/{path}</code></h1>\
 <dl><dt>Client</dt><dd>{ip} ({derived}){https}</dd>\
 <dt>Location</dt><dd>country {country}, at {place} ({source})</dd>\
+<dt>The file</dt><dd>{file}</dd>\
 <dt>Band</dt><dd>{band}</dd>\
 <dt>Redirect</dt><dd><a href=\"{target_attr}\">{target_text}</a>{outside}</dd></dl>\
 <table><thead><tr><th>mirror</th><th>distance</th><th>weight</th><th>verdict</th></tr></thead>\
@@ -278,6 +351,7 @@ impl Explanation {
                 ""
             },
             country = self.country(),
+            file = esc(self.file.as_deref().unwrap_or("any mirror")),
             place = self.place(),
             source = self.location.source,
             target_attr = esc(&target),

@@ -245,8 +245,10 @@ impl Frontend {
 /// Where `ip` goes for a path of a current release.
 fn redirect_for(routing: &Routing, ip: IpAddr, https_only: bool, path: &str) -> (Outcome, Served) {
     let location = routing.geo.lookup(ip);
-    let client = Client::new(ip, &location).https_only(https_only);
     let table = &routing.table;
+    let client = Client::new(ip, &location)
+        .https_only(https_only)
+        .asking_for(table.catalog().set_for(path));
     let cell = cell_of(location.coord);
     let (base, to) = match select(table, &client) {
         Some(id) => (&table.get(id).base, To::Mirror(id)),
@@ -320,12 +322,14 @@ fn mirrorlist<B>(
         ),
         None => (from, Some(derivation)),
     };
+    let release_path = policy.is_release_path(path).then_some(path);
     let mut e = explain(
         &routing.table,
         &routing.geo,
         &policy.origin,
         from,
         derivation,
+        release_path,
     );
     if !policy.is_release_path(path) {
         e.not_release(&policy.origin);

@@ -9,7 +9,10 @@
 //! - [`geo`]: countries, coordinates, distances, the shipped centroid table.
 //! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas);
 //!   IPv4 from a flat copy of its ranges made at open.
-//! - [`table`]: the immutable mirror table (by config order, found by name).
+//! - [`table`]: the immutable mirror table (by config order, found by name),
+//!   with a selection view per candidate set.
+//! - [`catalog`]: which candidate set a file goes to, from each mirror's
+//!   verified trees (fresh, behind, mid-sync, missing).
 //! - [`routing`]: the snapshot requests read (policy, GeoIP database,
 //!   table), replaced whole through `arc-swap`.
 //! - [`publish`]: the only writer of that snapshot: probe results, config,
@@ -17,7 +20,8 @@
 //! - [`watch`]: noticing that those files changed on disk.
 //! - [`probe`]: background checks of the origin and every mirror, one task
 //!   per mirror name, reconciled on reload.
-//! - [`meta`]: distri's `meta.binaryproto` index (protobuf).
+//! - [`meta`]: distri's `meta.binaryproto` index (protobuf), its trees and
+//!   decoded listings.
 //! - [`index`]: per-table spatial index, so selection looks at few mirrors.
 //! - [`select`]: which mirror serves a client; a pure function.
 //! - [`path`]: request paths to one canonical form, or a refusal.
@@ -50,6 +54,7 @@
 
 pub mod accesslog;
 pub mod app;
+pub mod catalog;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -41,25 +41,65 @@ impl Tree {
         t
     }
 
-    /// Replaces a release with `packages` packages (fewer makes it stale).
+    /// Replaces a release with `packages` packages in `pkg/` (fewer makes
+    /// it stale).
     pub fn set_release(&mut self, release: &str, packages: usize) {
         self.remove_release(release);
-        let names: Vec<String> = (0..packages)
-            .map(|i| format!("pkg{i:03}-amd64-1.0-1"))
-            .collect();
-        let dir = format!("distri/{release}/pkg");
-        for n in &names {
-            let image = format!("squashfs image of {n} in {release}\n").repeat(1 + n.len() % 7);
+        self.set_tree(release, "pkg", packages);
+    }
+
+    /// Replaces one tree (`pkg`, `debug`, `src`) of a release with
+    /// `packages` packages at version `1.0-1`, each with its versioned and
+    /// unversioned metadata, and the tree's index.
+    pub fn set_tree(&mut self, release: &str, dir: &str, packages: usize) {
+        self.remove_tree(release, dir);
+        self.publish(release, dir, packages, "1.0-1");
+    }
+
+    /// A new build of the first `packages` packages of a tree, at
+    /// `version`: new immutable images and metadata beside the old ones, the
+    /// unversioned metadata re-pointed to them, and an index listing every
+    /// image in the directory (as distri's does).
+    pub fn publish(&mut self, release: &str, dir: &str, packages: usize, version: &str) {
+        let dir = format!("distri/{release}/{dir}");
+        for i in 0..packages {
+            let n = format!("pkg{i:03}-amd64-{version}");
+            let image = format!("squashfs image of {n} in {dir}\n").repeat(1 + n.len() % 7);
             self.insert(&format!("{dir}/{n}.squashfs"), image);
-            self.insert(
-                &format!("{dir}/{n}.meta.textproto"),
-                format!("name: \"{n}\"\n"),
-            );
+            let meta = format!("name: \"{n}\"\n");
+            self.insert(&format!("{dir}/{n}.meta.textproto"), meta.clone());
+            self.insert(&format!("{dir}/pkg{i:03}-amd64.meta.textproto"), meta);
         }
-        self.files.insert(
-            format!("{dir}/meta.binaryproto"),
-            Bytes::from(meta::encode_names(&names)),
-        );
+        self.reindex(&dir);
+    }
+
+    /// Writes `dir`'s `meta.binaryproto`: one entry per image in it.
+    fn reindex(&mut self, dir: &str) {
+        let prefix = format!("{dir}/");
+        let names: Vec<&str> = self
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".squashfs"))
+            .filter(|n| !n.contains('/'))
+            .collect();
+        let index = Bytes::from(meta::encode_names(&names));
+        self.files.insert(format!("{dir}/meta.binaryproto"), index);
+    }
+
+    /// Removes one tree of a release (a mirror that leaves it out).
+    pub fn remove_tree(&mut self, release: &str, dir: &str) {
+        let prefix = format!("distri/{release}/{dir}/");
+        self.files.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// Removes one file (an rsync that has not reached it yet).
+    pub fn remove(&mut self, path: &str) -> Option<Bytes> {
+        self.files.remove(path)
+    }
+
+    /// Every file's path, in sort order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
     }
 
     pub fn remove_release(&mut self, release: &str) {

@@ -15,13 +15,14 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::catalog::OriginTree;
 use crate::config::Config;
 use crate::geoip::GeoDb;
 use crate::probe::board::Board;
 use crate::probe::{Probed, Prober};
 use crate::routing::{Policy, ReloadError, ReloadStatus, Routing, SharedRouting};
 use crate::stats::Tally;
-use crate::table::{Status, Table};
+use crate::table::{Mirror, Status, Table};
 use crate::tls::{self, Certs};
 use crate::watch::FileWatch;
 
@@ -52,6 +53,9 @@ pub struct Publisher {
     triggers: mpsc::UnboundedSender<Trigger>,
     /// Request counters, resolved by mirror id in each table published.
     tally: Arc<Tally>,
+    /// The origin's trees as the prober last read them: which files each
+    /// mirror may serve is judged against them.
+    origin: Vec<OriginTree>,
 }
 
 /// What the loaded files looked like when they were read.
@@ -114,6 +118,7 @@ impl Publisher {
             watch: None,
             triggers,
             tally,
+            origin: Vec::new(),
         };
         p.rewatch();
         p
@@ -125,8 +130,14 @@ impl Publisher {
         mut probed: mpsc::UnboundedReceiver<Probed>,
         mut triggers: mpsc::UnboundedReceiver<Trigger>,
     ) {
+        let mut origin = self.prober.origin();
         loop {
             tokio::select! {
+                Ok(()) = origin.changed() => {
+                    let snapshot = origin.borrow_and_update().clone();
+                    self.origin = snapshot.map(|o| o.origin_trees()).unwrap_or_default();
+                    self.publish(None).await;
+                }
                 Some(p) = probed.recv() => {
                     self.take(p);
                     // Many mirrors change at once at startup: one table for all.
@@ -255,10 +266,18 @@ impl Publisher {
         let mirrors = self.config.mirrors.clone();
         let statuses = self.statuses.clone();
         let band = self.config.selection;
+        let releases = self.config.releases.clone();
+        let origin = self.origin.clone();
         // Building the index takes milliseconds for big tables.
         let built = blocking(move || {
-            let status_of = |n: &str| statuses.get(n).cloned().unwrap_or_else(Status::unprobed);
-            Table::with_status_of(&mirrors, status_of, band)
+            let mirrors = mirrors
+                .iter()
+                .map(|m| {
+                    let status = statuses.get(m.name.as_str()).cloned();
+                    Mirror::from_config(m, status.unwrap_or_else(Status::unprobed))
+                })
+                .collect();
+            Table::with_origin(mirrors, band, &releases, &origin)
         })
         .await;
         let table = match built {

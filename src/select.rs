@@ -16,6 +16,7 @@
 
 use std::net::IpAddr;
 
+use crate::catalog::{ALL, SetId};
 use crate::config::Selection;
 use crate::geo::{Coord, Country, dot_from_km, km_from_dot};
 use crate::geoip::Location;
@@ -32,6 +33,8 @@ pub struct Client {
     pub network: u64,
     /// It came over TLS (itself, or to a trusted proxy): `https://` only.
     pub https_only: bool,
+    /// The candidate set of the file it asks for ([`crate::catalog`]).
+    pub set: SetId,
 }
 
 impl Client {
@@ -43,7 +46,13 @@ impl Client {
             ipv6: ip.is_ipv6(),
             network: mix(network_key(ip)),
             https_only: false,
+            set: ALL,
         }
+    }
+
+    /// The same client, asking for a file of candidate set `set`.
+    pub fn asking_for(self, set: SetId) -> Client {
+        Client { set, ..self }
     }
 
     /// The same client, sent only to `https://` mirrors when `yes`.
@@ -72,6 +81,9 @@ pub enum Exclusion {
     Ipv4Only,
     /// A plain `http://` mirror, for a client that came over TLS.
     NotHttps,
+    /// Not verified to hold the file asked for (not fresh for its tree, or
+    /// its verified index does not list it).
+    LacksFile,
 }
 
 fn admits(m: &Mirror, client: &Client, need_v6: bool) -> Result<(), Exclusion> {
@@ -104,7 +116,7 @@ pub fn select(table: &Table, client: &Client) -> Option<MirrorId> {
 /// has mirrors of its own.
 fn pick_unplaced(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
     let slot = unplaced_slot(client.network);
-    let view = table.view(client.https_only);
+    let view = table.view(client.set, client.https_only);
     let index = &view.index;
     if index.restricted(client.country).is_empty() {
         return index.unplaced(slot, need_v6);
@@ -152,7 +164,7 @@ fn pick(table: &Table, client: &Client, need_v6: bool) -> Option<MirrorId> {
     let Some(at) = client.coord else {
         return pick_unplaced(table, client, need_v6);
     };
-    let index = &table.view(client.https_only).index;
+    let index = &table.view(client.set, client.https_only).index;
     let cell = index.grid(need_v6).cell(at);
     // The v6 grid holds IPv6 mirrors only; per-country lists hold both.
     let restricted = || {
@@ -252,6 +264,7 @@ impl std::fmt::Display for Verdict {
             Verdict::Excluded(Exclusion::NotHttps) => {
                 "excluded: http only, and the client came over https"
             }
+            Verdict::Excluded(Exclusion::LacksFile) => "excluded: not verified to hold this file",
         })
     }
 }
@@ -260,17 +273,26 @@ impl std::fmt::Display for Verdict {
 /// request path: it allocates.
 pub fn explain(table: &Table, client: &Client) -> Vec<Considered> {
     let chosen = select(table, client);
-    let need_v6 = client.ipv6
-        && (0..table.mirrors().len()).any(|id| admits(table.get(id), client, true).is_ok());
+    let members = &table.view(client.set, false).eligible;
+    let admits = |id: MirrorId, need_v6: bool| {
+        admits(table.get(id), client, need_v6).and_then(|()| {
+            if members.contains(&id) {
+                Ok(())
+            } else {
+                Err(Exclusion::LacksFile)
+            }
+        })
+    };
+    let need_v6 = client.ipv6 && (0..table.mirrors().len()).any(|id| admits(id, true).is_ok());
     let dist = |id: MirrorId| client.coord.map(|at| at.distance_km(table.get(id).coord));
     let nearest = (0..table.mirrors().len())
-        .filter(|&id| admits(table.get(id), client, need_v6).is_ok())
+        .filter(|&id| admits(id, need_v6).is_ok())
         .filter_map(dist)
         .min_by(f64::total_cmp);
     let mut out: Vec<Considered> = (0..table.mirrors().len())
         .map(|id| {
             let distance_km = dist(id);
-            let verdict = match admits(table.get(id), client, need_v6) {
+            let verdict = match admits(id, need_v6) {
                 Err(e) => Verdict::Excluded(e),
                 Ok(()) if Some(id) == chosen => Verdict::Chosen,
                 Ok(()) => match (distance_km, nearest) {
@@ -321,6 +343,7 @@ mod tests {
             ipv6: false,
             network: mix(net),
             https_only: false,
+            set: crate::catalog::ALL,
         }
     }
 
@@ -430,6 +453,7 @@ mod tests {
                 ipv6: false,
                 network: mix(net),
                 https_only: false,
+                set: crate::catalog::ALL,
             };
             seen[select(&t, &c).unwrap()] = true;
         }
@@ -551,6 +575,7 @@ mod tests {
                     ipv6,
                     network,
                     https_only,
+                    set: crate::catalog::ALL,
                 };
                 if let Some(id) = select(&table, &client) {
                     prop_assert!(table.get(id).https || !https_only, "a downgrade");

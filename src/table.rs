@@ -11,9 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::catalog::{Catalog, OriginTree, SetId};
 use crate::config::{self, Selection};
 use crate::geo::{Coord, Country};
 use crate::index::Index;
+use crate::meta::{Listing, Tree};
 
 /// A mirror's place in one table. Only meaningful with that table: a reload
 /// may reorder mirrors. A mirror's identity across tables is its name.
@@ -30,6 +32,50 @@ pub struct Status {
     pub since: SystemTime,
     /// Moving average of probe latency, once measured.
     pub latency: Option<Duration>,
+    /// What was verified of each tree the origin has; `None` when nothing
+    /// is known per tree (the mirror is taken to hold every file).
+    pub trees: Option<Arc<[TreeStatus]>>,
+}
+
+/// One tree of one release on one mirror.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeStatus {
+    pub release: Arc<str>,
+    pub tree: Tree,
+    pub state: TreeState,
+    /// What the last round found, for operators.
+    pub detail: Arc<str>,
+    /// The last index verified complete: the immutable files it lists may
+    /// be sent here even when it is older than the origin's.
+    pub verified: Option<Arc<Listing>>,
+}
+
+/// What the last round found of a tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeState {
+    /// The origin's current index, verified complete.
+    Fresh,
+    /// An older (or other) index, verified complete.
+    Behind,
+    /// A new index whose files are not all there yet: the previous
+    /// verified index, if any, still counts.
+    MidSync,
+    /// No index at all (the mirror leaves the tree out).
+    Missing,
+    /// An index that could not be read or checked.
+    Unverified,
+}
+
+impl std::fmt::Display for TreeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TreeState::Fresh => "fresh",
+            TreeState::Behind => "behind",
+            TreeState::MidSync => "mid-sync",
+            TreeState::Missing => "missing",
+            TreeState::Unverified => "unverified",
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +97,23 @@ impl std::fmt::Display for Health {
 }
 
 impl Status {
+    /// One line for operators: why it is out, or what its trees lack.
+    pub fn summary(&self) -> String {
+        let Some(trees) = self.trees.as_ref().filter(|_| self.eligible) else {
+            return self.reason.to_string();
+        };
+        let lacking: Vec<&str> = trees
+            .iter()
+            .filter(|t| t.state != TreeState::Fresh)
+            .map(|t| &*t.detail)
+            .collect();
+        if lacking.is_empty() {
+            "ok: fresh and complete".into()
+        } else {
+            format!("ok, but {}", lacking.join("; "))
+        }
+    }
+
     /// The state before the first probe round.
     pub fn unprobed() -> Status {
         Status {
@@ -59,6 +122,7 @@ impl Status {
             reason: Arc::from("not probed yet"),
             since: SystemTime::now(),
             latency: None,
+            trees: None,
         }
     }
 
@@ -70,6 +134,7 @@ impl Status {
             reason: Arc::from("assumed up"),
             since: SystemTime::now(),
             latency: None,
+            trees: None,
         }
     }
 }
@@ -125,12 +190,35 @@ impl Mirror {
 #[derive(Debug, Default)]
 pub struct Table {
     mirrors: Vec<Mirror>,
-    /// Every eligible mirror.
+    /// The views of each candidate set, by [`SetId`].
+    sets: Vec<Views>,
+    /// What sets ids past the last stand for: no mirror.
+    none: Views,
+    /// Which set a file's requests choose from.
+    catalog: Catalog,
+    band: Selection,
+}
+
+/// One candidate set's views.
+#[derive(Debug, Default)]
+struct Views {
+    /// Every eligible member.
     all: View,
-    /// Eligible `https://` mirrors, for clients that came over TLS; `None`
+    /// Eligible `https://` members, for clients that came over TLS; `None`
     /// when that is all of them (the usual case), so nothing is built twice.
     https: Option<View>,
-    band: Selection,
+}
+
+impl Views {
+    fn build(mirrors: &[Mirror], band: &Selection, members: &[MirrorId]) -> Views {
+        let all = View::build(mirrors, band, members, |_| true);
+        let https = all
+            .eligible
+            .iter()
+            .any(|&id| !mirrors[id].https)
+            .then(|| View::build(mirrors, band, members, |m| m.https));
+        Views { all, https }
+    }
 }
 
 /// The eligible mirrors of one kind and their spatial index.
@@ -142,8 +230,15 @@ pub struct View {
 }
 
 impl View {
-    fn build(mirrors: &[Mirror], band: &Selection, keep: impl Fn(&Mirror) -> bool) -> View {
-        let eligible: Vec<MirrorId> = (0..mirrors.len())
+    fn build(
+        mirrors: &[Mirror],
+        band: &Selection,
+        members: &[MirrorId],
+        keep: impl Fn(&Mirror) -> bool,
+    ) -> View {
+        let eligible: Vec<MirrorId> = members
+            .iter()
+            .copied()
             .filter(|&i| mirrors[i].status.eligible && keep(&mirrors[i]))
             .collect();
         let index = Index::build(mirrors, &eligible, band);
@@ -152,19 +247,33 @@ impl View {
 }
 
 impl Table {
-    /// Builds the table and its indexes. Costs about a millisecond per ten
-    /// mirrors: call it off the request path.
+    /// Builds the table and its indexes, every file going to any eligible
+    /// mirror. Costs about a millisecond per ten mirrors: call it off the
+    /// request path.
     pub fn new(mirrors: Vec<Mirror>, band: Selection) -> Table {
-        let all = View::build(&mirrors, &band, |_| true);
-        let https = all
-            .eligible
+        Table::with_origin(mirrors, band, &[], &[])
+    }
+
+    /// Builds the table with per-file candidate sets, from what each
+    /// mirror's status says of the `origin`'s current trees
+    /// ([`crate::catalog`]): a view per distinct set.
+    pub fn with_origin(
+        mirrors: Vec<Mirror>,
+        band: Selection,
+        releases: &[String],
+        origin: &[OriginTree],
+    ) -> Table {
+        let built = Catalog::build(releases, origin, &mirrors);
+        let sets = built
+            .sets
             .iter()
-            .any(|&id| !mirrors[id].https)
-            .then(|| View::build(&mirrors, &band, |m| m.https));
+            .map(|members| Views::build(&mirrors, &band, members))
+            .collect();
         Table {
             mirrors,
-            all,
-            https,
+            sets,
+            none: Views::default(),
+            catalog: built.catalog,
             band,
         }
     }
@@ -203,14 +312,26 @@ impl Table {
         self.mirrors.iter().find(|m| &*m.name == name)
     }
 
-    /// What selection looks at for a client: every eligible mirror, or only
-    /// the `https://` ones for a client that came over TLS.
+    /// What selection looks at for a client asking for a file of `set`:
+    /// the eligible members, or only the `https://` ones for a client that
+    /// came over TLS.
     #[inline]
-    pub fn view(&self, https_only: bool) -> &View {
-        match &self.https {
+    pub fn view(&self, set: SetId, https_only: bool) -> &View {
+        let views = self.sets.get(usize::from(set)).unwrap_or(&self.none);
+        match &views.https {
             Some(v) if https_only => v,
-            _ => &self.all,
+            _ => &views.all,
         }
+    }
+
+    /// Which candidate set each file belongs to.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// How many distinct candidate sets (and so views) the table holds.
+    pub fn set_count(&self) -> usize {
+        self.sets.len()
     }
 
     pub fn band(&self) -> &Selection {

@@ -67,10 +67,15 @@ async fn probe_prints_a_row_per_mirror_and_fails_when_none_is_eligible() {
         line.split_whitespace().map(String::from).collect()
     };
     // mirror, eligible, latency (2 words), one column per release, reason.
+    // A mirror behind the origin still serves what its verified index lists.
     assert_eq!(row("good")[1..2], ["yes"], "{out}");
     assert_eq!(row("good")[4..7], ["fresh", "fresh", "ok:"], "{out}");
-    assert_eq!(row("old")[1..2], ["no"], "{out}");
-    assert_eq!(row("old")[4..7], ["fresh", "stale", "stale:"], "{out}");
+    assert_eq!(row("old")[1..2], ["yes"], "{out}");
+    assert_eq!(
+        row("old")[4..9],
+        ["fresh", "stale", "ok,", "but", "stale:"],
+        "{out}"
+    );
     assert!(
         row("good")[2].parse::<f64>().is_ok(),
         "latency in ms: {out}"
@@ -87,23 +92,33 @@ async fn probe_prints_a_row_per_mirror_and_fails_when_none_is_eligible() {
     );
     let lines: Vec<&str> = out.lines().collect();
     let chicago = lines.iter().position(|l| l.starts_with("2.0.0.1")).unwrap();
+    let below = &lines[chicago + 1..];
     assert!(
-        lines[chicago + 1].trim_start().starts_with("old"),
-        "nearest first: {out}"
+        below[0].contains("the file: any file: mirrors fresh for every tree"),
+        "{out}"
     );
+    let old = below.iter().position(|l| l.trim_start().starts_with("old"));
+    let good = below
+        .iter()
+        .position(|l| l.trim_start().starts_with("good"));
+    assert!(old < good, "nearest first: {out}");
+    let old = below[old.unwrap()];
     assert!(
-        lines[chicago + 1].contains("excluded: not eligible")
-            && lines[chicago + 1].contains("stale"),
+        old.contains("excluded: not verified to hold this file") && old.contains("stale"),
         "{out}"
     );
     assert!(
-        lines[chicago + 2].contains("good") && lines[chicago + 2].contains("chosen"),
-        "{out}"
+        below
+            .iter()
+            .any(|l| l.contains("trees: supersilverhaze/pkg fresh, jackherer/pkg behind")),
+        "each tree's state: {out}"
     );
+    assert!(below[good.unwrap()].contains("chosen"), "{out}");
 
-    // With no fresh mirror, probe fails.
+    // With no mirror that can serve anything, probe fails.
     let mut no_good = f.config.clone();
     no_good.mirrors.remove(0);
+    no_good.mirrors[0].url = "http://127.0.0.1:1/".into();
     let (_, rows) = commands::probe_table(&no_good).await.unwrap();
     assert!(matches!(
         commands::print_round(&no_good, &rows, &mut Vec::new()),

@@ -35,8 +35,12 @@ fn mid_sync() -> Tree {
     t
 }
 
+/// Each mirror gets the files it was verified to hold: a mirror behind on
+/// one release still serves that release's files its index lists, and the
+/// other release fully; a mirror without a release gets the other; one
+/// caught mid-sync on its first round gets nothing of that tree.
 #[tokio::test]
-async fn only_fresh_complete_mirrors_are_eligible() {
+async fn each_mirror_gets_what_it_was_verified_to_hold() {
     let specs = vec![
         spec("fresh", 50.0, 8.0),
         spec("stale", 50.0, 8.0),
@@ -54,30 +58,59 @@ async fn only_fresh_complete_mirrors_are_eligible() {
     let mut f = Fixture::start_with(specs, trees, Options::default()).await;
     f.mirror("redirects")
         .set_mode(Mode::Redirect("http://127.0.0.1:9/".into()));
-    f.wait_eligible(&["fresh"], SETTLE).await;
-    // Each is down for the reason that shows what is wrong with it.
+    f.wait_eligible(&["fresh", "stale", "no-jackherer", "mid-sync"], SETTLE)
+        .await;
+    // Each says what it lacks.
     let want = [
         (
             "stale",
-            "stale: supersilverhaze/pkg/meta.binaryproto differs from origin",
+            "ok, but stale: supersilverhaze/pkg/meta.binaryproto differs from origin",
         ),
         (
             "no-jackherer",
-            "incomplete: jackherer/pkg/meta.binaryproto: 404",
+            "ok, but missing: jackherer/pkg/meta.binaryproto: 404",
         ),
         (
             "mid-sync",
-            "incomplete: jackherer/pkg/pkg011-amd64-1.0-1.squashfs: 404",
+            "ok, but incomplete: jackherer/pkg/pkg011-amd64-1.0-1.squashfs: 404; nothing of this tree verified yet",
         ),
         ("redirects", "redirected to http://127.0.0.1:9/distri/"),
     ];
     for (name, reason) in want {
-        f.wait_reason(name, reason, SETTLE).await;
+        f.until(&format!("{name}: {reason}"), |f| {
+            f.summary(name).starts_with(reason)
+        })
+        .await;
     }
-    // And every client goes to the one good mirror.
-    for ip in ["1.0.0.1", "2.0.0.1", "3.0.0.1", "2a00:1000::1"] {
-        assert_eq!(f.where_to(ip).await, "fresh");
+    let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    };
+    let ssh = "/distri/supersilverhaze/pkg";
+    let jh = "/distri/jackherer/pkg";
+    // An old image: every mirror that has the release.
+    assert_eq!(
+        f.served_by(&format!("{ssh}/pkg000-amd64-1.0-1.squashfs"), 40)
+            .await,
+        set(&["fresh", "stale", "no-jackherer", "mid-sync"])
+    );
+    // The newest image, and the mutable files: not the stale mirror.
+    for file in [
+        "pkg011-amd64-1.0-1.squashfs",
+        "meta.binaryproto",
+        "pkg011-amd64.meta.textproto",
+    ] {
+        assert_eq!(
+            f.served_by(&format!("{ssh}/{file}"), 40).await,
+            set(&["fresh", "no-jackherer", "mid-sync"]),
+            "{file}"
+        );
     }
+    // jackherer: not the mirror without it, nor the one caught mid-sync.
+    assert_eq!(
+        f.served_by(&format!("{jh}/pkg000-amd64-1.0-1.squashfs"), 40)
+            .await,
+        set(&["fresh", "stale"])
+    );
 }
 
 #[tokio::test]
@@ -211,8 +244,10 @@ async fn unchanged_indexes_are_not_downloaded_again() {
     );
 }
 
+/// A new package on the origin: an unsynced mirror keeps serving what it
+/// has, the new package and the mutable files go to the synced one.
 #[tokio::test]
-async fn a_new_package_on_the_origin_takes_unsynced_mirrors_out_until_they_sync() {
+async fn a_new_package_on_the_origin_goes_only_to_synced_mirrors() {
     let f = Fixture::start(
         vec![spec("a", 50.0, 8.0), spec("b", 50.1, 8.1)],
         Options::default(),
@@ -223,12 +258,27 @@ async fn a_new_package_on_the_origin_takes_unsynced_mirrors_out_until_they_sync(
     newer.set_release("jackherer", PACKAGES + 1);
     f.origin.serve(newer.clone());
     f.mirrors[0].serve(newer.clone());
-    f.wait_eligible(&["a"], SETTLE).await;
-    assert!(
-        f.reason("b").starts_with("stale: jackherer"),
-        "{}",
-        f.reason("b")
+    f.until("b behind on jackherer", |f| {
+        f.summary("b").starts_with("ok, but stale: jackherer")
+    })
+    .await;
+    let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    };
+    let jh = "/distri/jackherer/pkg";
+    let new = format!("{jh}/pkg{PACKAGES:03}-amd64-1.0-1.squashfs");
+    assert_eq!(f.served_by(&new, 30).await, set(&["a"]));
+    assert_eq!(
+        f.served_by(&format!("{jh}/meta.binaryproto"), 30).await,
+        set(&["a"])
+    );
+    assert_eq!(
+        f.served_by(&format!("{jh}/pkg000-amd64-1.0-1.squashfs"), 30)
+            .await,
+        set(&["a", "b"])
     );
     f.mirrors[1].serve(newer);
-    f.wait_eligible(&["a", "b"], SETTLE).await;
+    f.until("b fresh", |f| f.summary("b") == "ok: fresh and complete")
+        .await;
+    assert_eq!(f.served_by(&new, 30).await, set(&["a", "b"]));
 }

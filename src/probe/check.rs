@@ -1,14 +1,16 @@
 //! The checks of one probe round, over HTTP: the origin's fingerprints and
 //! newest files, and one mirror's answer, freshness and completeness.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, Response, StatusCode, header};
 use sha2::{Digest, Sha256};
 
-use crate::meta;
+use crate::catalog::OriginTree;
+use crate::meta::{self, Listing, Tree};
+use crate::table::{TreeState, TreeStatus};
 
 /// Why a round failed. The `Display` text is the reason operators see.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -100,23 +102,86 @@ pub fn client(timeout: Duration) -> Client {
         .expect("a client with these settings always builds")
 }
 
-/// The origin's state of one release, as mirrors must match it.
+/// The origin's state of one tree of one release, as mirrors must match it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ReleaseIndex {
+pub struct TreeIndex {
     pub release: String,
+    pub tree: Tree,
     pub sha256: [u8; 32],
     validator: Validator,
-    /// Newest package images first, with the origin's sizes.
+    /// Newest package images first (paths), with the origin's sizes.
     pub newest: Vec<(String, u64)>,
-    names: Arc<HashSet<String>>,
+    pub listing: Arc<Listing>,
     /// Names in order of appearance, most recent first.
     recent: Vec<String>,
 }
 
-/// What the origin holds now: one index per release.
+impl TreeIndex {
+    fn index_path(&self) -> String {
+        self.tree.index_path(&self.release)
+    }
+}
+
+/// What the origin holds now: one index per tree of each release (`pkg/`
+/// always; `debug/` and `src/` where the origin has them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OriginSnapshot {
-    pub releases: Vec<ReleaseIndex>,
+    pub trees: Vec<TreeIndex>,
+}
+
+impl OriginSnapshot {
+    fn tree(&self, release: &str, tree: Tree) -> Option<&TreeIndex> {
+        self.trees
+            .iter()
+            .find(|t| t.release == release && t.tree == tree)
+    }
+
+    /// The trees and their listings, as the catalog takes them.
+    pub fn origin_trees(&self) -> Vec<OriginTree> {
+        self.trees
+            .iter()
+            .map(|t| OriginTree {
+                release: Arc::from(t.release.as_str()),
+                tree: t.tree,
+                listing: t.listing.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Decoded indexes by hash, shared by every probe: mirrors at the same sync
+/// point (and the origin) hold one copy. Entries go when no one holds them.
+#[derive(Default)]
+pub struct Interner {
+    listings: Mutex<HashMap<[u8; 32], Weak<Listing>>>,
+}
+
+impl Interner {
+    fn get(&self, sha256: &[u8; 32]) -> Option<Arc<Listing>> {
+        let map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(sha256).and_then(Weak::upgrade)
+    }
+
+    /// The listing of `body` (hashed as `sha256`), decoded once.
+    fn intern(
+        &self,
+        sha256: [u8; 32],
+        body: &[u8],
+        path: &str,
+    ) -> Result<Arc<Listing>, ProbeError> {
+        if let Some(l) = self.get(&sha256) {
+            return Ok(l);
+        }
+        let names = meta::decode_names(body).map_err(|e| ProbeError::Decode {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })?;
+        let listing = Arc::new(Listing::new(sha256, names));
+        let mut map = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(sha256, Arc::downgrade(&listing));
+        Ok(listing)
+    }
 }
 
 /// `Content-Length` and `Last-Modified`: when both are unchanged, the body
@@ -146,10 +211,6 @@ impl Validator {
     fn is_usable(&self) -> bool {
         self.len.is_some() && self.modified.is_some()
     }
-}
-
-fn index_path(release: &str) -> String {
-    format!("distri/{release}/pkg/meta.binaryproto")
 }
 
 /// Probe HTTP requests sent by this process (to the origin and mirrors),
@@ -218,13 +279,15 @@ pub struct OriginCache {
     sizes: HashMap<String, u64>,
 }
 
-/// How many of the newest entries the origin keeps sizes for.
+/// How many of the newest entries a tree's sample is drawn from.
 fn pool_size(sample: usize) -> usize {
     (sample * 4).max(8)
 }
 
-/// Fetches the origin's index of every release, reusing `prev` where the
-/// index is unchanged.
+/// Fetches the origin's index of every tree of every release, reusing
+/// `prev` where an index is unchanged. A release without `pkg/` is an
+/// error; `debug/` and `src/` are optional.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch_origin(
     http: &Client,
     origin: &str,
@@ -233,67 +296,96 @@ pub async fn fetch_origin(
     timeout: Duration,
     prev: Option<&OriginSnapshot>,
     cache: &mut OriginCache,
+    interner: &Interner,
 ) -> Result<OriginSnapshot, ProbeError> {
-    let mut out = Vec::with_capacity(releases.len());
+    let mut out = Vec::with_capacity(releases.len() * Tree::ALL.len());
     for release in releases {
-        let old = prev.and_then(|p| p.releases.iter().find(|r| &r.release == release));
-        out.push(fetch_release(http, origin, release, sample, timeout, old, cache).await?);
+        for tree in Tree::ALL {
+            let old = prev.and_then(|p| p.tree(release, tree));
+            let at = Place {
+                http,
+                base: origin,
+                timeout,
+            };
+            match fetch_tree(&at, release, tree, sample, old, cache, interner).await? {
+                Some(t) => out.push(t),
+                None if tree == Tree::Pkg => {
+                    return Err(ProbeError::Missing {
+                        path: format!("{release}/pkg/meta.binaryproto"),
+                        code: 404,
+                    });
+                }
+                None => {}
+            }
+        }
     }
-    Ok(OriginSnapshot { releases: out })
+    Ok(OriginSnapshot { trees: out })
 }
 
-async fn fetch_release(
-    http: &Client,
-    origin: &str,
-    release: &str,
-    sample: usize,
+/// Where requests of a check go.
+struct Place<'a> {
+    http: &'a Client,
+    base: &'a str,
     timeout: Duration,
-    old: Option<&ReleaseIndex>,
+}
+
+impl Place<'_> {
+    async fn head(&self, path: &str) -> Result<Response, ProbeError> {
+        send(self.http, Method::HEAD, self.base, path, self.timeout).await
+    }
+
+    async fn body(&self, path: &str) -> Result<(Validator, bytes::Bytes), ProbeError> {
+        fetch_body(self.http, self.base, path, self.timeout).await
+    }
+}
+
+/// One tree's index on the origin; `None` when the origin has no such tree.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_tree(
+    at: &Place<'_>,
+    release: &str,
+    tree: Tree,
+    sample: usize,
+    old: Option<&TreeIndex>,
     cache: &mut OriginCache,
-) -> Result<ReleaseIndex, ProbeError> {
-    let path = index_path(release);
-    let head = send(http, Method::HEAD, origin, &path, timeout).await?;
+    interner: &Interner,
+) -> Result<Option<TreeIndex>, ProbeError> {
+    let path = tree.index_path(release);
+    let head = at.head(&path).await?;
+    if matches!(head.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
+        return Ok(None);
+    }
     expect_ok(&head, &path)?;
     let v = Validator::of(&head);
     if let Some(old) = old.filter(|o| v.is_usable() && o.validator == v) {
-        return Ok(old.clone());
+        return Ok(Some(old.clone()));
     }
-    let (validator, body) = fetch_body(http, origin, &path, timeout).await?;
-    let names = meta::decode_names(&body).map_err(|e| ProbeError::Decode {
-        path: path.clone(),
-        detail: e.to_string(),
-    })?;
-    let recent = recent_first(&names, old);
-    let newest = newest_with_sizes(
-        http,
-        origin,
-        release,
-        &recent,
-        &names,
-        pool_size(sample),
-        timeout,
-        cache,
-    )
-    .await?;
-    Ok(ReleaseIndex {
+    let (validator, body) = at.body(&path).await?;
+    let sha256: [u8; 32] = Sha256::digest(&body).into();
+    let listing = interner.intern(sha256, &body, &path)?;
+    let recent = recent_first(&listing, old);
+    let dir = format!("distri/{release}/{tree}");
+    let newest = newest_with_sizes(at, &dir, &recent, &listing, pool_size(sample), cache).await?;
+    Ok(Some(TreeIndex {
         release: release.to_string(),
-        sha256: Sha256::digest(&body).into(),
+        tree,
+        sha256,
         validator,
         newest,
-        names: Arc::new(names.iter().cloned().collect()),
+        listing,
         recent,
-    })
+    }))
 }
 
 /// Names that appeared since the previous index, most recent first, then
 /// those carried over from before; bounded so it stays small.
-fn recent_first(names: &[String], old: Option<&ReleaseIndex>) -> Vec<String> {
+fn recent_first(now: &Listing, old: Option<&TreeIndex>) -> Vec<String> {
     let Some(old) = old else { return Vec::new() };
-    let now: HashSet<&String> = names.iter().collect();
-    let mut recent: Vec<String> = names
+    let mut recent: Vec<String> = now
+        .names()
         .iter()
-        .filter(|n| !old.names.contains(*n))
-        .cloned()
+        .filter(|n| !old.listing.contains(n))
+        .map(|n| n.to_string())
         .collect();
     recent.extend(old.recent.iter().filter(|n| now.contains(n)).cloned());
     recent.truncate(64);
@@ -303,35 +395,23 @@ fn recent_first(names: &[String], old: Option<&ReleaseIndex>) -> Vec<String> {
 /// The newest `k` images: recent arrivals, then the last in sort order (an
 /// rsync fills a directory in sorted order, so those arrive last), each with
 /// its size on the origin.
-#[allow(clippy::too_many_arguments)]
 async fn newest_with_sizes(
-    http: &Client,
-    origin: &str,
-    release: &str,
+    at: &Place<'_>,
+    dir: &str,
     recent: &[String],
-    names: &[String],
+    listing: &Listing,
     k: usize,
-    timeout: Duration,
     cache: &mut OriginCache,
 ) -> Result<Vec<(String, u64)>, ProbeError> {
-    let mut sorted: Vec<&String> = names.iter().collect();
-    sorted.sort();
-    let mut picked: Vec<&String> = Vec::with_capacity(k);
-    for n in recent.iter().chain(sorted.into_iter().rev()) {
-        if picked.len() == k {
-            break;
-        }
-        if !picked.contains(&n) {
-            picked.push(n);
-        }
-    }
+    let sorted = listing.names().iter().rev().map(|n| &**n);
+    let picked = first_distinct(recent.iter().map(String::as_str).chain(sorted), k);
     let mut out = Vec::with_capacity(picked.len());
     for n in picked {
-        let path = format!("distri/{release}/pkg/{n}.squashfs");
+        let path = format!("{dir}/{n}.squashfs");
         let size = match cache.sizes.get(&path) {
             Some(&s) => s,
             None => {
-                let r = send(http, Method::HEAD, origin, &path, timeout).await?;
+                let r = at.head(&path).await?;
                 expect_ok(&r, &path)?;
                 let s = Validator::of(&r)
                     .len
@@ -348,11 +428,25 @@ async fn newest_with_sizes(
     Ok(out)
 }
 
+/// The first `k` distinct items.
+fn first_distinct<'a>(items: impl Iterator<Item = &'a str>, k: usize) -> Vec<&'a str> {
+    let mut picked: Vec<&str> = Vec::with_capacity(k);
+    for n in items {
+        if picked.len() == k {
+            break;
+        }
+        if !picked.contains(&n) {
+            picked.push(n);
+        }
+    }
+    picked
+}
+
 /// What one mirror's round found for one release.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReleaseReport {
     pub release: String,
-    /// `Some(true)`: the index matches the origin's; `None`: not checked.
+    /// `Some(true)`: every tree of it is fresh; `None`: not checked.
     pub fresh: Option<bool>,
 }
 
@@ -362,121 +456,254 @@ pub struct Report {
     /// Time to the first response's headers.
     pub latency: Option<Duration>,
     pub releases: Vec<ReleaseReport>,
+    /// Each tree of the origin's, when the round reached them all.
+    pub trees: Option<Vec<TreeStatus>>,
+    /// Whether the mirror answered as a mirror must (its content is judged
+    /// per tree, in `trees`).
     pub result: Result<Duration, ProbeError>,
 }
 
-/// Hashes of each release's index as last fetched from one mirror, kept
-/// with their validators so an unchanged index is not downloaded again.
+/// What one mirror's indexes were last time: hashes with their validators
+/// (an unchanged index is not downloaded again), and each tree's last index
+/// verified complete (it still counts while a newer one is mid-sync).
 #[derive(Default)]
 pub struct MirrorCache {
     hashes: HashMap<String, (Validator, [u8; 32])>,
+    verified: HashMap<String, Arc<Listing>>,
 }
 
-/// Checks one mirror against the origin: it answers, each release's index
-/// matches, and a sample of the newest images is there with the right size.
-/// Checks stop at the first error that says the mirror cannot be reached;
-/// content errors of one release do not stop the others being reported.
+/// Checks one mirror against the origin, tree by tree: it answers, and for
+/// each tree whether its index is the origin's, older, or missing, and
+/// whether a sample of the newest images its index lists is there with the
+/// right size. Stops at the first error that says the mirror cannot serve
+/// at all (unreachable, redirecting, failing); what a tree holds or lacks
+/// is reported per tree.
 pub async fn check_mirror(
     http: &Client,
     base: &str,
     origin: &OriginSnapshot,
-    sample: &mut impl FnMut(&[(String, u64)]) -> Vec<usize>,
+    sample: &mut impl FnMut(usize) -> Vec<usize>,
     timeout: Duration,
     cache: &mut MirrorCache,
+    interner: &Interner,
 ) -> Report {
-    let mut report = Report {
-        latency: None,
-        releases: Vec::new(),
-        result: Ok(Duration::ZERO),
+    let at = Place {
+        http,
+        base,
+        timeout,
     };
-    let mut first_error = None;
-    for idx in &origin.releases {
-        let mut fresh = None;
-        let r = check_release(
-            http,
-            base,
-            idx,
-            sample,
-            timeout,
-            cache,
-            &mut report.latency,
-            &mut fresh,
-        )
-        .await;
-        report.releases.push(ReleaseReport {
-            release: idx.release.clone(),
-            fresh,
-        });
-        if let Err(e) = r {
-            let unreachable = !matches!(
-                e,
-                ProbeError::Missing { .. }
-                    | ProbeError::Incomplete { .. }
-                    | ProbeError::Stale { .. }
-            );
-            first_error.get_or_insert(e);
-            if unreachable {
+    let mut latency = None;
+    let mut trees = Vec::with_capacity(origin.trees.len());
+    let mut result = Ok(());
+    for idx in &origin.trees {
+        match check_tree(&at, idx, sample, cache, interner, &mut latency).await {
+            Ok(t) => trees.push(t),
+            Err(e) => {
+                result = Err(e);
                 break;
             }
         }
     }
-    report.result = match first_error {
-        Some(e) => Err(e),
-        None => Ok(report.latency.unwrap_or_default()),
-    };
-    report
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn check_release(
-    http: &Client,
-    base: &str,
-    idx: &ReleaseIndex,
-    sample: &mut impl FnMut(&[(String, u64)]) -> Vec<usize>,
-    timeout: Duration,
-    cache: &mut MirrorCache,
-    latency: &mut Option<Duration>,
-    fresh: &mut Option<bool>,
-) -> Result<(), ProbeError> {
-    let path = index_path(&idx.release);
-    let started = Instant::now();
-    let head = send(http, Method::HEAD, base, &path, timeout).await?;
-    latency.get_or_insert(started.elapsed());
-    expect_ok(&head, &path)?;
-    let v = Validator::of(&head);
-    let hash = match cache.hashes.get(&idx.release) {
-        Some((cached, hash)) if v.is_usable() && *cached == v => *hash,
-        _ => {
-            let (v, body) = fetch_body(http, base, &path, timeout).await?;
-            let hash: [u8; 32] = Sha256::digest(&body).into();
-            cache.hashes.insert(idx.release.clone(), (v, hash));
-            hash
-        }
-    };
-    *fresh = Some(hash == idx.sha256);
-    if hash != idx.sha256 {
-        return Err(ProbeError::Stale {
-            path: path.trim_start_matches("distri/").to_string(),
+    let complete = result.is_ok();
+    if complete && trees.iter().all(|t| t.verified.is_none()) {
+        // Answering, but with nothing it may be sent for: out, as a whole.
+        result = Err(match trees.first() {
+            Some(t) => ProbeError::Incomplete {
+                path: format!("{}/{}", t.release, t.tree),
+                detail: format!("no tree verified ({})", t.detail),
+            },
+            None => ProbeError::Other("the origin has no trees".into()),
         });
     }
-    for i in sample(&idx.newest) {
-        let Some((file, size)) = idx.newest.get(i) else {
-            continue;
-        };
-        let r = send(http, Method::HEAD, base, file, timeout).await?;
-        expect_ok(&r, file)?;
-        match Validator::of(&r).len {
-            Some(len) if len == *size => {}
-            got => {
-                return Err(ProbeError::Incomplete {
-                    path: file.trim_start_matches("distri/").to_string(),
-                    detail: format!(
-                        "size {}, origin has {size}",
-                        got.map_or("unknown".into(), |g| g.to_string())
-                    ),
-                });
-            }
+    let mut releases: Vec<ReleaseReport> = Vec::new();
+    for idx in &origin.trees {
+        let fresh = trees
+            .iter()
+            .find(|t| *t.release == *idx.release && t.tree == idx.tree)
+            .map(|t| t.state == TreeState::Fresh);
+        match releases.iter_mut().find(|r| r.release == idx.release) {
+            Some(r) => r.fresh = r.fresh.zip(fresh).map(|(a, b)| a && b),
+            None => releases.push(ReleaseReport {
+                release: idx.release.clone(),
+                fresh,
+            }),
         }
     }
-    Ok(())
+    Report {
+        latency,
+        releases,
+        trees: complete.then_some(trees),
+        result: result.map(|()| latency.unwrap_or_default()),
+    }
+}
+
+/// One tree of one mirror. `Err` only for what says the mirror as a whole
+/// cannot serve.
+async fn check_tree(
+    at: &Place<'_>,
+    idx: &TreeIndex,
+    sample: &mut impl FnMut(usize) -> Vec<usize>,
+    cache: &mut MirrorCache,
+    interner: &Interner,
+    latency: &mut Option<Duration>,
+) -> Result<TreeStatus, ProbeError> {
+    let path = idx.index_path();
+    let short = path.trim_start_matches("distri/");
+    let status = |state, detail: String, verified| TreeStatus {
+        release: Arc::from(idx.release.as_str()),
+        tree: idx.tree,
+        state,
+        detail: Arc::from(detail),
+        verified,
+    };
+    let started = Instant::now();
+    let head = at.head(&path).await?;
+    latency.get_or_insert(started.elapsed());
+    if let Err(ProbeError::Missing { code, .. }) = expect_ok(&head, &path) {
+        cache.verified.remove(&path);
+        cache.hashes.remove(&path);
+        let detail = format!("missing: {short}: {code}");
+        return Ok(status(TreeState::Missing, detail, None));
+    }
+    expect_ok(&head, &path)?;
+    let v = Validator::of(&head);
+    let (hash, body) = match cache.hashes.get(&path) {
+        Some((cached, hash)) if v.is_usable() && *cached == v => (*hash, None),
+        _ => {
+            let (v, body) = at.body(&path).await?;
+            let hash: [u8; 32] = Sha256::digest(&body).into();
+            cache.hashes.insert(path.clone(), (v, hash));
+            (hash, Some(body))
+        }
+    };
+    let previous = cache.verified.get(&path).cloned();
+    let fresh = hash == idx.sha256;
+    let listing = if fresh {
+        idx.listing.clone()
+    } else {
+        match known_listing(at, &path, hash, body, interner).await? {
+            Ok(l) => l,
+            Err(e) => return Ok(status(TreeState::Unverified, e.to_string(), previous)),
+        }
+    };
+    let pool: Vec<(String, Option<u64>)> = if fresh {
+        idx.newest
+            .iter()
+            .map(|(p, s)| (p.clone(), Some(*s)))
+            .collect()
+    } else {
+        behind_pool(idx, &listing, previous.as_deref())
+    };
+    let picked = sample(pool.len());
+    if let Some(gap) = first_gap(at, &pool, &picked).await? {
+        let detail = match &previous {
+            Some(p) => format!(
+                "{gap}; serving what its previous index {} lists",
+                p.short_id()
+            ),
+            None => format!("{gap}; nothing of this tree verified yet"),
+        };
+        return Ok(status(TreeState::MidSync, detail, previous));
+    }
+    cache.verified.insert(path.clone(), listing.clone());
+    if fresh {
+        return Ok(status(TreeState::Fresh, "fresh".into(), Some(listing)));
+    }
+    let lacking = idx
+        .listing
+        .names()
+        .iter()
+        .filter(|n| !listing.contains(n))
+        .count();
+    let detail = format!(
+        "stale: {short} differs from origin; serving the {} images its index {} lists ({lacking} of the origin's not yet)",
+        listing.len(),
+        listing.short_id()
+    );
+    Ok(status(TreeState::Behind, detail, Some(listing)))
+}
+
+/// The listing of an index hashed `hash`: interned, or decoded from `body`
+/// (fetched again if the validator cache skipped it). The inner `Err` is a
+/// tree that cannot be read; the outer one a mirror that cannot serve.
+async fn known_listing(
+    at: &Place<'_>,
+    path: &str,
+    hash: [u8; 32],
+    body: Option<bytes::Bytes>,
+    interner: &Interner,
+) -> Result<Result<Arc<Listing>, ProbeError>, ProbeError> {
+    if let Some(l) = interner.get(&hash) {
+        return Ok(Ok(l));
+    }
+    let body = match body {
+        Some(b) => b,
+        None => at.body(path).await?.1,
+    };
+    let got: [u8; 32] = Sha256::digest(&body).into();
+    Ok(interner.intern(got, &body, path))
+}
+
+/// How many of a lagging index's newest images its sample is drawn from.
+const BEHIND_POOL: usize = 32;
+
+/// What to sample of an index other than the origin's, newest first: what
+/// it lists that its previous verified index did not (what a sync just
+/// added), then the last in sort order. Sizes where the origin's are known.
+fn behind_pool(
+    idx: &TreeIndex,
+    listing: &Listing,
+    previous: Option<&Listing>,
+) -> Vec<(String, Option<u64>)> {
+    let names = listing.names();
+    let added = names
+        .iter()
+        .rev()
+        .filter(|n| previous.is_some_and(|p| !p.contains(n)));
+    let picked = first_distinct(added.chain(names.iter().rev()).map(|n| &**n), BEHIND_POOL);
+    let dir = format!("distri/{}/{}", idx.release, idx.tree);
+    picked
+        .into_iter()
+        .map(|n| {
+            let path = format!("{dir}/{n}.squashfs");
+            let size = idx.newest.iter().find(|(p, _)| *p == path).map(|(_, s)| *s);
+            (path, size)
+        })
+        .collect()
+}
+
+/// The first sampled image that is missing or of the wrong size, as a
+/// reason; `Err` when the mirror fails in a way that is not about content.
+async fn first_gap(
+    at: &Place<'_>,
+    pool: &[(String, Option<u64>)],
+    picked: &[usize],
+) -> Result<Option<ProbeError>, ProbeError> {
+    for &i in picked {
+        let Some((file, size)) = pool.get(i) else {
+            continue;
+        };
+        let r = at.head(file).await?;
+        if let Err(e) = expect_ok(&r, file) {
+            return match e {
+                ProbeError::Missing { .. } => Ok(Some(e)),
+                e => Err(e),
+            };
+        }
+        let len = Validator::of(&r).len;
+        match (size, len) {
+            (Some(want), Some(got)) if got != *want => {}
+            (Some(_), None) => {}
+            _ => continue,
+        }
+        return Ok(Some(ProbeError::Incomplete {
+            path: file.trim_start_matches("distri/").to_string(),
+            detail: format!(
+                "size {}, origin has {}",
+                len.map_or("unknown".into(), |g| g.to_string()),
+                size.unwrap_or_default()
+            ),
+        }));
+    }
+    Ok(None)
 }

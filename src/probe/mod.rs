@@ -25,10 +25,11 @@ use reqwest::Client;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::catalog::OriginTree;
 use crate::config::{self, Config};
 use crate::table::{Health, Status};
 use board::Board;
-use check::{MirrorCache, OriginCache, OriginSnapshot, ProbeError, Report};
+use check::{Interner, MirrorCache, OriginCache, OriginSnapshot, ProbeError, Report};
 use state::{MirrorState, Transition, backoff};
 
 type Origin = watch::Receiver<Option<Arc<OriginSnapshot>>>;
@@ -89,6 +90,7 @@ pub struct Prober {
     tasks: JoinSet<()>,
     generations: u64,
     board: Arc<Board>,
+    interner: Arc<Interner>,
 }
 
 impl Prober {
@@ -106,7 +108,14 @@ impl Prober {
             tasks: JoinSet::new(),
             generations: 0,
             board,
+            interner: Arc::default(),
         }
+    }
+
+    /// The origin's latest snapshot, as the mirrors are checked against it
+    /// (`None` before the origin was read, and after its config changed).
+    pub fn origin(&self) -> watch::Receiver<Option<Arc<OriginSnapshot>>> {
+        self.origin_tx.subscribe()
     }
 
     /// Starts, keeps or stops tasks so that exactly `config`'s mirrors are
@@ -150,6 +159,7 @@ impl Prober {
                 config.clone(),
                 self.origin_tx.clone(),
                 self.board.clone(),
+                self.interner.clone(),
             ));
             self.origin = Some((origin_target, abort));
         }
@@ -208,6 +218,7 @@ impl Prober {
             permits: self.permits.clone(),
             changes: self.changes.clone(),
             board: self.board.clone(),
+            interner: self.interner.clone(),
         };
         let abort = self.tasks.spawn(probe.run(resume));
         let task = Task {
@@ -251,6 +262,7 @@ async fn follow_origin(
     config: Config,
     tx: watch::Sender<Option<Arc<OriginSnapshot>>>,
     board: Arc<Board>,
+    interner: Arc<Interner>,
 ) {
     let p = config.probe;
     let mut cache = OriginCache::default();
@@ -265,6 +277,7 @@ async fn follow_origin(
             p.timeout,
             prev.as_deref(),
             &mut cache,
+            &interner,
         )
         .await;
         match fetched {
@@ -306,6 +319,7 @@ struct MirrorProbe {
     permits: Arc<Semaphore>,
     changes: mpsc::UnboundedSender<Probed>,
     board: Arc<Board>,
+    interner: Arc<Interner>,
 }
 
 impl MirrorProbe {
@@ -330,6 +344,7 @@ impl MirrorProbe {
                     &origin,
                     &self.settings,
                     &mut cache,
+                    &self.interner,
                 )
                 .await
             };
@@ -338,9 +353,12 @@ impl MirrorProbe {
             if let Some(t) = state.record(result, &self.settings, SystemTime::now()) {
                 log_transition(&self.mirror.name, &t);
             }
+            state.set_trees(report.trees.clone().map(Arc::from));
             self.board.round(&self.name, &report, state.latency());
             let after = state.status();
-            if (after.health, &after.reason) != (before.health, &before.reason) {
+            if (after.health, &after.reason, &after.trees)
+                != (before.health, &before.reason, &before.trees)
+            {
                 let probed = Probed {
                     name: self.name.clone(),
                     generation: self.generation,
@@ -350,7 +368,13 @@ impl MirrorProbe {
                     return;
                 }
             }
-            tokio::time::sleep(state.next_delay(&self.settings, rand::random())).await;
+            // A new origin index is checked at once, not a round later:
+            // until then only the origin serves what it changed.
+            let delay = state.next_delay(&self.settings, rand::random());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.origin.changed() => {}
+            }
         }
     }
 }
@@ -362,9 +386,10 @@ async fn round(
     origin: &OriginSnapshot,
     p: &config::Probe,
     cache: &mut MirrorCache,
+    interner: &Interner,
 ) -> Report {
-    let mut sample = |pool: &[(String, u64)]| sample_indices(pool.len(), p.sample);
-    check::check_mirror(http, base, origin, &mut sample, p.timeout, cache).await
+    let mut sample = |len: usize| sample_indices(len, p.sample);
+    check::check_mirror(http, base, origin, &mut sample, p.timeout, cache, interner).await
 }
 
 /// `k` distinct indices below `len`: always the newest (0), the rest at random.
@@ -398,11 +423,18 @@ pub struct RoundRow {
     pub status: Status,
 }
 
+/// One round over every mirror: what the origin has, and each mirror's row.
+pub struct Round {
+    pub origin: Vec<OriginTree>,
+    pub rows: Vec<RoundRow>,
+}
+
 /// Runs one round over every mirror, all in parallel within the
 /// concurrency bound. Fails only when the origin cannot be read.
-pub async fn run_once(config: &Config) -> Result<Vec<RoundRow>, ProbeError> {
+pub async fn run_once(config: &Config) -> Result<Round, ProbeError> {
     let p = config.probe;
     let http = check::client(p.timeout);
+    let interner = Arc::new(Interner::default());
     let origin = check::fetch_origin(
         &http,
         &config.origin,
@@ -411,6 +443,7 @@ pub async fn run_once(config: &Config) -> Result<Vec<RoundRow>, ProbeError> {
         p.timeout,
         None,
         &mut OriginCache::default(),
+        &interner,
     )
     .await?;
     let origin = Arc::new(origin);
@@ -418,11 +451,14 @@ pub async fn run_once(config: &Config) -> Result<Vec<RoundRow>, ProbeError> {
     let mut set = JoinSet::new();
     for (i, m) in config.mirrors.iter().cloned().enumerate() {
         let (http, origin, permits) = (http.clone(), origin.clone(), permits.clone());
+        let interner = interner.clone();
         set.spawn(async move {
             let _permit = permits.acquire().await.expect("never closed");
-            let report = round(&http, &m.url, &origin, &p, &mut MirrorCache::default()).await;
+            let mut cache = MirrorCache::default();
+            let report = round(&http, &m.url, &origin, &p, &mut cache, &interner).await;
             let mut state = MirrorState::new(SystemTime::now());
             state.record(report.result.clone(), &p, SystemTime::now());
+            state.set_trees(report.trees.clone().map(Arc::from));
             (
                 i,
                 RoundRow {
@@ -435,7 +471,10 @@ pub async fn run_once(config: &Config) -> Result<Vec<RoundRow>, ProbeError> {
     }
     let mut rows: Vec<(usize, RoundRow)> = set.join_all().await;
     rows.sort_by_key(|(i, _)| *i);
-    Ok(rows.into_iter().map(|(_, r)| r).collect())
+    Ok(Round {
+        origin: origin.origin_trees(),
+        rows: rows.into_iter().map(|(_, r)| r).collect(),
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Probe;
-use crate::table::{Health, Status};
+use crate::table::{Health, Status, TreeStatus};
 
 use super::check::ProbeError;
 
@@ -21,6 +21,8 @@ pub struct MirrorState {
     latency: Option<Duration>,
     reason: Arc<str>,
     since: SystemTime,
+    /// Each tree's state after the last round that reached them all.
+    trees: Option<Arc<[TreeStatus]>>,
 }
 
 /// What a transition was, for the log.
@@ -40,6 +42,7 @@ impl MirrorState {
             latency: None,
             reason: Arc::from("not probed yet"),
             since: now,
+            trees: None,
         }
     }
 
@@ -54,6 +57,7 @@ impl MirrorState {
             latency: status.latency,
             reason: status.reason.clone(),
             since: status.since,
+            trees: status.trees.clone(),
         }
     }
 
@@ -63,6 +67,18 @@ impl MirrorState {
 
     pub fn latency(&self) -> Option<Duration> {
         self.latency
+    }
+
+    /// Takes in what a round found of each tree; a round that did not reach
+    /// every tree passes `None` and the last complete finding stands.
+    pub fn set_trees(&mut self, trees: Option<Arc<[TreeStatus]>>) {
+        if trees.is_some() {
+            self.trees = trees;
+        }
+    }
+
+    pub fn trees(&self) -> Option<&Arc<[TreeStatus]>> {
+        self.trees.as_ref()
     }
 
     /// Takes in one round's result; returns the transition if health changed.
@@ -88,7 +104,7 @@ impl MirrorState {
                     Health::Down => self.good_streak >= settings.rise,
                     Health::Up => false,
                 };
-                up.then(|| self.go(Health::Up, Arc::from("ok: fresh and complete"), now))
+                up.then(|| self.go(Health::Up, Arc::from("ok: answering"), now))
             }
             Err(e) => {
                 self.bad_streak += 1;
@@ -151,6 +167,7 @@ impl MirrorState {
             reason: self.reason.clone(),
             since: self.since,
             latency: self.latency,
+            trees: self.trees.clone(),
         }
     }
 }

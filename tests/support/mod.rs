@@ -3,7 +3,7 @@
 //! HTTP/1.1 client that sends paths exactly as written.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -273,6 +273,13 @@ impl Fixture {
             .to_string()
     }
 
+    /// A mirror's one-line state, with what its trees lack.
+    pub fn summary(&self, name: &str) -> String {
+        let t = self.service.as_ref().unwrap().table();
+        let m = t.mirrors().iter().find(|m| &*m.name == name).unwrap();
+        m.status.summary()
+    }
+
     /// Waits until a mirror's reason starts with `prefix`, or panics at the
     /// deadline with the reason it has.
     pub async fn wait_reason(&self, name: &str, prefix: &str, within: Duration) {
@@ -367,6 +374,29 @@ impl Fixture {
         self.name_of(a.location())
     }
 
+    /// Where clients of `networks` networks near Frankfurt are sent for
+    /// `path`; each Location is fetched, and must answer 200 with the
+    /// origin's bytes (a mirror that lacks the file would show as a 404).
+    pub async fn served_by(&self, path: &str, networks: u32) -> BTreeSet<String> {
+        let origin = fetch(&format!("{}{}", self.origin.url(), &path[1..])).await;
+        assert_eq!(origin.0, 200, "the origin has {path}");
+        let mut seen = BTreeSet::new();
+        for i in 0..networks {
+            let ip = format!("6.0.{i}.1");
+            let a = self.get_as(&ip, path).await;
+            assert_eq!(a.status, 302, "{path} for {ip}: {a:?}");
+            let got = fetch(a.location()).await;
+            assert_eq!(got.0, 200, "{path} for {ip} at {}", a.location());
+            assert!(
+                got.1 == origin.1,
+                "{path} at {}: not the origin's bytes",
+                a.location()
+            );
+            seen.insert(self.name_of(a.location()));
+        }
+        seen
+    }
+
     pub fn name_of(&self, location: &str) -> String {
         if location.starts_with(&self.origin.url()) {
             return "origin".into();
@@ -378,6 +408,14 @@ impl Fixture {
         }
         panic!("{location} is not under any configured base");
     }
+}
+
+/// GETs `url` without following redirects: status and body.
+pub async fn fetch(url: &str) -> (u16, bytes::Bytes) {
+    // The probe's client: no redirects followed, no proxies.
+    let client = distri_redirector::probe::check::client(Duration::from_secs(10));
+    let r = client.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap())
 }
 
 /// A parsed response.
