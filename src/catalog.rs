@@ -409,4 +409,124 @@ mod tests {
         assert_eq!(t.catalog().set_for("distri/r/pkg/a.squashfs"), ALL);
         assert_eq!(names(&t, ALL), ["m"]);
     }
+
+    mod property {
+        use super::*;
+        use crate::geoip::{Location, Source};
+        use crate::select::{Client, select};
+        use proptest::prelude::*;
+
+        const NAMES: usize = 12;
+
+        fn name(i: usize) -> String {
+            format!("n{i:02}-amd64-1-{i}")
+        }
+
+        /// Listings as subsets of `NAMES` names; the first is the origin's.
+        fn listings(masks: &[u16]) -> Vec<Arc<Listing>> {
+            masks
+                .iter()
+                .enumerate()
+                .map(|(k, &mask)| {
+                    let names = (0..NAMES).filter(|i| mask & (1 << i) != 0).map(name);
+                    let mut sha = [0u8; 32];
+                    sha[0] = k as u8;
+                    Arc::new(Listing::new(sha, names))
+                })
+                .collect()
+        }
+
+        /// The path of file kind `kind` for name `n` (`NAMES` and above:
+        /// names no index lists).
+        fn path(n: usize, kind: u8) -> (String, bool) {
+            let n = if n < NAMES {
+                name(n)
+            } else {
+                format!("x{n}-amd64-9-9")
+            };
+            let unversioned = n.split('-').take(2).collect::<Vec<_>>().join("-");
+            match kind % 6 {
+                0 => (format!("distri/r/pkg/{n}.squashfs"), true),
+                1 => (format!("distri/r/pkg/{n}.squashfs.zst"), true),
+                2 => (format!("distri/r/pkg/{n}.meta.textproto"), true),
+                3 => (format!("distri/r/pkg/{unversioned}.meta.textproto"), false),
+                4 => ("distri/r/pkg/meta.binaryproto".to_string(), false),
+                _ => ("distri/r/img/disk.img".to_string(), false),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// An immutable file only ever goes to a mirror whose verified
+            /// index lists it; a mutable one only to a mirror fresh for its
+            /// tree; and to the origin only when no eligible mirror qualifies.
+            #[test]
+            fn files_go_only_where_they_are_verified(
+                masks in proptest::collection::vec(any::<u16>(), 1..5),
+                mirrors in proptest::collection::vec(
+                    (proptest::option::of(0usize..5), any::<bool>(), -60.0..60.0f64, -180.0..180.0f64),
+                    1..8,
+                ),
+                requests in proptest::collection::vec(
+                    (0..NAMES + 2, any::<u8>(), -60.0..60.0f64, -180.0..180.0f64, any::<u64>()),
+                    1..40,
+                ),
+            ) {
+                let listings = listings(&masks);
+                let origin = vec![OriginTree {
+                    release: "r".into(),
+                    tree: Tree::Pkg,
+                    listing: listings[0].clone(),
+                }];
+                let verified: Vec<Option<Arc<Listing>>> = mirrors
+                    .iter()
+                    .map(|(v, ..)| v.and_then(|k| listings.get(k).cloned()))
+                    .collect();
+                let table_mirrors: Vec<Mirror> = mirrors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, eligible, lat, lon))| {
+                        let mut m = mirror(&format!("m{i}"), vec![(Tree::Pkg, verified[i].clone())]);
+                        m.coord = Coord::new(*lat, *lon).unwrap();
+                        m.status.eligible = *eligible;
+                        m
+                    })
+                    .collect();
+                let t = Table::with_origin(table_mirrors, Selection::default(), &["r".into()], &origin);
+                for (n, kind, lat, lon, net) in requests {
+                    let (path, immutable) = path(n, kind);
+                    let listed_by = |v: &Option<Arc<Listing>>| {
+                        v.as_ref().is_some_and(|l| l.contains(&name(n)) && n < NAMES)
+                    };
+                    let fresh = |v: &Option<Arc<Listing>>| {
+                        v.as_ref().is_some_and(|l| l.sha256 == listings[0].sha256)
+                    };
+                    // Listed by an index the catalog knows: the origin's or a mirror's.
+                    let anywhere = listed_by(&Some(listings[0].clone())) || verified.iter().any(listed_by);
+                    let may = |id: usize| {
+                        if immutable && anywhere {
+                            listed_by(&verified[id])
+                        } else if immutable && kind % 6 != 2 {
+                            false
+                        } else {
+                            fresh(&verified[id])
+                        }
+                    };
+                    let location = Location {
+                        coord: Coord::new(lat, lon),
+                        country: None,
+                        source: Source::Record,
+                    };
+                    let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(net as u32));
+                    let client = Client::new(ip, &location).asking_for(t.catalog().set_for(&path));
+                    let qualifies = (0..mirrors.len()).any(|id| mirrors[id].1 && may(id));
+                    match select(&t, &client) {
+                        Some(id) => prop_assert!(may(id) && mirrors[id].1, "{path} to m{id}"),
+                        None => prop_assert!(!qualifies, "{path} to the origin, yet a mirror qualifies"),
+                    }
+                }
+            }
+        }
+    }
 }

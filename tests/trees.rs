@@ -1,0 +1,243 @@
+//! Per-tree verification and lag tolerance, end to end: the origin
+//! publishes a new generation while one mirror has synced, one has not, one
+//! is caught mid-sync, one leaves out `debug/` and one has an old `src/`.
+//! Every answer is checked by fetching its Location.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use distri_redirector::minitree::Tree;
+use reqwest::header::{HeaderMap, HeaderValue};
+use support::*;
+use tokio::task::JoinSet;
+
+/// New builds of the first `NEW` packages of `jackherer/pkg`.
+const NEW: usize = 6;
+const JH: &str = "/distri/jackherer";
+const SSH: &str = "/distri/supersilverhaze";
+
+/// The first generation: `pkg/` of both releases, `debug/` of jackherer,
+/// `src/` of supersilverhaze.
+fn first() -> Tree {
+    let mut t = origin_tree();
+    t.set_tree("jackherer", "debug", PACKAGES);
+    t.set_tree("supersilverhaze", "src", 8);
+    t
+}
+
+/// The second: new builds in `jackherer/pkg`.
+fn second() -> Tree {
+    let mut t = first();
+    t.publish("jackherer", "pkg", NEW, "2.0-1");
+    t
+}
+
+fn without_debug(mut t: Tree) -> Tree {
+    t.remove_tree("jackherer", "debug");
+    t
+}
+
+fn old_src(mut t: Tree) -> Tree {
+    t.set_tree("supersilverhaze", "src", 5);
+    t
+}
+
+/// The new generation's index, without the new images yet.
+fn mid_sync() -> Tree {
+    let mut t = second();
+    for i in 0..NEW {
+        t.remove(&format!(
+            "distri/jackherer/pkg/pkg{i:03}-amd64-2.0-1.squashfs"
+        ));
+    }
+    t
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+async fn start() -> Fixture {
+    let specs = ["a", "b", "c", "no-debug", "old-src"]
+        .into_iter()
+        .map(|n| spec(n, 50.0, 8.0))
+        .collect();
+    let trees = vec![
+        first(),
+        first(),
+        first(),
+        without_debug(first()),
+        old_src(first()),
+    ];
+    let f = Fixture::start_with(specs, trees, Options::default()).await;
+    f.origin.serve(first());
+    f
+}
+
+async fn wait_summaries(f: &Fixture, want: &[(&str, &str)]) {
+    for (name, prefix) in want {
+        f.until(&format!("{name}: {prefix}"), |f| {
+            f.summary(name).starts_with(prefix)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_mirror_without_a_tree_or_with_an_old_one_gets_only_what_it_has() {
+    let f = start().await;
+    wait_summaries(
+        &f,
+        &[
+            ("a", "ok: fresh and complete"),
+            (
+                "no-debug",
+                "ok, but missing: jackherer/debug/meta.binaryproto: 404",
+            ),
+            (
+                "old-src",
+                "ok, but stale: supersilverhaze/src/meta.binaryproto",
+            ),
+        ],
+    )
+    .await;
+    let all = set(&["a", "b", "c", "no-debug", "old-src"]);
+    assert_eq!(
+        f.served_by(&format!("{JH}/pkg/pkg003-amd64-1.0-1.squashfs"), 60)
+            .await,
+        all,
+        "pkg/ from every mirror"
+    );
+    assert_eq!(
+        f.served_by(&format!("{JH}/debug/pkg003-amd64-1.0-1.squashfs"), 60)
+            .await,
+        set(&["a", "b", "c", "old-src"]),
+        "no debug/ traffic to the mirror without it"
+    );
+    assert_eq!(
+        f.served_by(&format!("{SSH}/src/pkg004-amd64-1.0-1.squashfs"), 60)
+            .await,
+        all,
+        "a src/ file the old index lists"
+    );
+    assert_eq!(
+        f.served_by(&format!("{SSH}/src/pkg007-amd64-1.0-1.squashfs"), 60)
+            .await,
+        set(&["a", "b", "c", "no-debug"]),
+        "a src/ file the old index does not list"
+    );
+    assert_eq!(
+        f.served_by(&format!("{SSH}/src/meta.binaryproto"), 60)
+            .await,
+        set(&["a", "b", "c", "no-debug"]),
+        "src/'s index only from mirrors fresh for src/"
+    );
+}
+
+#[tokio::test]
+async fn a_new_generation_reaches_clients_from_every_mirror_that_has_each_file() {
+    let mut f = start().await;
+    wait_summaries(&f, &[("a", "ok: fresh and complete"), ("c", "ok: fresh")]).await;
+    // The origin publishes; a syncs at once, b does not yet, c is caught
+    // with the new index and without the new images.
+    f.origin.serve(second());
+    f.mirror("a").serve(second());
+    f.mirror("c").serve(mid_sync());
+    f.mirror("no-debug").serve(without_debug(second()));
+    f.mirror("old-src").serve(old_src(second()));
+    wait_summaries(
+        &f,
+        &[
+            ("a", "ok: fresh and complete"),
+            ("b", "ok, but stale: jackherer/pkg/meta.binaryproto differs"),
+            ("c", "ok, but incomplete: jackherer/pkg/pkg00"),
+        ],
+    )
+    .await;
+    assert!(
+        f.summary("c").contains("serving what its previous index"),
+        "{}",
+        f.summary("c")
+    );
+    let synced = set(&["a", "no-debug", "old-src"]);
+    let everyone = set(&["a", "b", "c", "no-debug", "old-src"]);
+    // Old images: every mirror, the lagging and the mid-sync one included.
+    for file in [
+        "pkg000-amd64-1.0-1.squashfs",
+        "pkg011-amd64-1.0-1.meta.textproto",
+    ] {
+        assert_eq!(
+            f.served_by(&format!("{JH}/pkg/{file}"), 60).await,
+            everyone,
+            "{file}"
+        );
+    }
+    // New images and every mutable file: only mirrors with the new index
+    // verified complete; the unversioned metadata names the new build.
+    for file in [
+        "pkg000-amd64-2.0-1.squashfs",
+        "pkg005-amd64-2.0-1.meta.textproto",
+        "pkg000-amd64.meta.textproto",
+        "meta.binaryproto",
+    ] {
+        assert_eq!(
+            f.served_by(&format!("{JH}/pkg/{file}"), 60).await,
+            synced,
+            "{file}"
+        );
+    }
+    install_everything(&f, &second()).await;
+}
+
+/// What distri does on an install: many concurrent GETs, redirects
+/// followed, from several client networks. Every body must be the origin's;
+/// the lagging mirror must have served some of them.
+async fn install_everything(f: &Fixture, origin: &Tree) {
+    let files: Vec<String> = origin
+        .paths()
+        .filter(|p| p.starts_with("distri/jackherer/pkg/"))
+        .map(String::from)
+        .collect();
+    let mut fetches = JoinSet::new();
+    for net in 0..8 {
+        let mut headers = HeaderMap::new();
+        let ip = format!("6.0.{net}.1");
+        headers.insert("x-forwarded-for", HeaderValue::from_str(&ip).unwrap());
+        // The probe's client installs the TLS provider reqwest needs built.
+        let _ = distri_redirector::probe::check::client(Duration::from_secs(10));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        for path in &files {
+            let (http, url, path) = (
+                http.clone(),
+                format!("http://{}/{path}", f.addr()),
+                path.clone(),
+            );
+            fetches.spawn(async move {
+                let r = http.get(&url).send().await.unwrap();
+                let (status, at) = (r.status().as_u16(), r.url().to_string());
+                (path, status, at, r.bytes().await.unwrap())
+            });
+        }
+    }
+    let mut by_mirror = BTreeSet::new();
+    while let Some(done) = fetches.join_next().await {
+        let (path, status, at, body) = done.unwrap();
+        assert_eq!(status, 200, "{path} from {at}");
+        assert!(
+            Some(&body) == origin.get(&path),
+            "{path} from {at}: not the origin's bytes"
+        );
+        by_mirror.insert(f.name_of(&at));
+    }
+    assert!(
+        by_mirror.contains("b"),
+        "the lagging mirror served its files: {by_mirror:?}"
+    );
+    assert!(by_mirror.contains("a"), "{by_mirror:?}");
+}
