@@ -6,7 +6,9 @@
 //! - `lookup+select/100`: both, with the shipped database;
 //! - `handler/*`: `Frontend::handle` from a parsed request to the response,
 //!   counted and timed as the service runs it (`redirect`) and without
-//!   metrics (`redirect-no-metrics`), and `handler/reference`, the cheapest possible answer (a fixed 302
+//!   metrics (`redirect-no-metrics`); `redirect-per-file`, the same with
+//!   every tree verified per mirror (some behind), so each request looks
+//!   its file up; and `handler/reference`, the cheapest possible answer (a fixed 302
 //!   built the same way), which the ratios in RESULTS.md divide by.
 //!
 //! - `status/coverage-every-cell`: the status page's coverage with traffic
@@ -20,14 +22,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use distri_redirector::catalog::OriginTree;
 use distri_redirector::config::{self, Config, Selection};
 use distri_redirector::frontend::{Conn, Frontend, Outcome, respond};
 use distri_redirector::geo::Coord;
 use distri_redirector::geoip::GeoDb;
-use distri_redirector::routing::Routing;
+use distri_redirector::meta::{Listing, Tree};
+use distri_redirector::routing::{Routing, SharedRouting};
 use distri_redirector::select::{Client, select};
 use distri_redirector::stats::Tally;
-use distri_redirector::table::{Status, Table};
+use distri_redirector::table::{Mirror, Status, Table, TreeState, TreeStatus};
 use hyper::Request;
 use hyper::header::HeaderValue;
 use rand::rngs::StdRng;
@@ -254,14 +258,11 @@ fn bench_handler(c: &mut Criterion) {
         mirrors: mirrors(100),
         ..config
     };
-    let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection);
     let tally = Arc::new(Tally::default());
-    let routing = Routing::new(&config, Arc::new(shipped()), table)
-        .counted(&tally)
-        .share();
+    let routing = routing_of_table(&config, &tally);
     // The service as it runs (counting and timing every request), and the
     // same without metrics: RESULTS.md records the ratio.
-    let counted = Frontend::new(routing.clone()).counting(tally);
+    let counted = Frontend::new(routing.clone()).counting(tally.clone());
     let frontend = Frontend::new(routing);
     let requests: Vec<Request<()>> = addresses(CLIENTS)
         .into_iter()
@@ -273,12 +274,38 @@ fn bench_handler(c: &mut Criterion) {
         })
         .collect();
     let peer = Conn::plain("127.0.0.1:40000".parse().unwrap());
+    let (per_file_routing, file_requests) = per_file_routing(&config, &tally);
+    let per_file = Frontend::new(per_file_routing.clone()).counting(tally.clone());
+    let one_set = Frontend::new(routing_of_table(&config, &tally)).counting(tally.clone());
     let mut g = c.benchmark_group("handler");
     let mut i = 0;
     g.bench_function("redirect", |b| {
         b.iter(|| {
             i = (i + 1) % CLIENTS;
             black_box(counted.handle(black_box(&requests[i]), peer))
+        })
+    });
+    g.bench_function("redirect-per-file", |b| {
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            black_box(per_file.handle(black_box(&file_requests[i]), peer))
+        })
+    });
+    let paths: Vec<String> = file_requests
+        .iter()
+        .map(|r| r.uri().path()[1..].to_string())
+        .collect();
+    g.bench_function("catalog-lookup", |b| {
+        let table = per_file_routing.load().table.clone();
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            black_box(table.catalog().set_for(black_box(&paths[i])))
+        })
+    });
+    g.bench_function("redirect-files-one-set", |b| {
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            black_box(one_set.handle(black_box(&file_requests[i]), peer))
         })
     });
     g.bench_function("redirect-no-metrics", |b| {
@@ -298,6 +325,84 @@ fn bench_handler(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// Every mirror eligible for every file: one candidate set, no lookup.
+fn routing_of_table(config: &Config, tally: &Tally) -> SharedRouting {
+    let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection);
+    Routing::new(config, Arc::new(shipped()), table)
+        .counted(tally)
+        .share()
+}
+
+/// Images per tree in the per-file bench: about what a release holds.
+const IMAGES: usize = 4000;
+
+/// The handler as it runs after an origin publish: every tree of both
+/// releases verified per mirror (most fresh, some behind, some mid-sync),
+/// so each request looks its file up in the catalog and selects among the
+/// mirrors that list it. Requests ask for random images of random trees.
+fn per_file_routing(config: &Config, tally: &Tally) -> (SharedRouting, Vec<Request<()>>) {
+    let names = |n: usize| (0..n).map(|i| format!("pkg{i:05}-amd64-1.0-{i}"));
+    let listing = |n: usize, tag: u8| Arc::new(Listing::new([tag; 32], names(n)));
+    let (current, older) = (listing(IMAGES, 1), listing(IMAGES - 200, 2));
+    let mut origin = Vec::new();
+    for r in &config.releases {
+        for tree in Tree::ALL {
+            origin.push(OriginTree {
+                release: r.as_str().into(),
+                tree,
+                listing: current.clone(),
+            });
+        }
+    }
+    let mirrors: Vec<Mirror> = config
+        .mirrors
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let (state, verified) = match i % 10 {
+                0 => (TreeState::Behind, older.clone()),
+                1 => (TreeState::MidSync, older.clone()),
+                _ => (TreeState::Fresh, current.clone()),
+            };
+            let trees: Vec<TreeStatus> = origin
+                .iter()
+                .map(|o| TreeStatus {
+                    release: o.release.clone(),
+                    tree: o.tree,
+                    state,
+                    detail: "".into(),
+                    verified: Some(verified.clone()),
+                })
+                .collect();
+            let status = Status {
+                trees: Some(trees.into()),
+                ..Status::assumed_up()
+            };
+            Mirror::from_config(m, status)
+        })
+        .collect();
+    let table = Table::with_origin(mirrors, config.selection, &config.releases, &origin);
+    let routing = Routing::new(config, Arc::new(shipped()), table)
+        .counted(tally)
+        .share();
+    let mut r = rng();
+    let requests = addresses(CLIENTS)
+        .into_iter()
+        .map(|ip| {
+            let release = &config.releases[r.random_range(0..config.releases.len())];
+            let tree = Tree::ALL[r.random_range(0..3)];
+            let i = r.random_range(0..IMAGES);
+            Request::get(format!(
+                "/distri/{release}/{tree}/pkg{i:05}-amd64-1.0-{i}.squashfs"
+            ))
+            .header("x-forwarded-for", ip.to_string())
+            .body(())
+            .unwrap()
+        })
+        .collect();
+    (routing, requests)
 }
 
 /// The status page's coverage and suggestions with traffic in every cell

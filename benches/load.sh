@@ -15,6 +15,10 @@
 #   MODES=keepalive bash benches/load.sh # only one of the two modes
 #   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
 #                                        # to show how far the ratios of identical servers spread
+#   AGAINST=/path/to/distri-redirector bash benches/load.sh
+#                                        # A/B: another build of the redirector in nginx's place,
+#                                        # on the same fixture and config (build an older commit
+#                                        # in a git worktree to compare against it)
 #
 # Everything runs on loopback. Installs wrk and nginx-light if missing.
 set -euo pipefail
@@ -26,6 +30,7 @@ SOAK=${SOAK:-0}
 WORKERS=${WORKERS:-2}  # serving threads of both: nginx worker_processes, redirector [server] workers
 MODES=${MODES:-"keepalive close"}
 CONTROL=${CONTROL:-0}
+AGAINST=${AGAINST:-}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
@@ -50,6 +55,15 @@ redirector_pid=$!
 pids+=($redirector_pid)
 wait_up "$work/redirector.log" 50
 
+if [ -n "$AGAINST" ]; then
+  # The other build, on the same config but its own port, where nginx goes.
+  sed "s|$REDIRECTOR|$NGINX|" "$work/mirrors.toml" > "$work/against.toml"
+  "${server_cpu[@]}" "$AGAINST" serve --config "$work/against.toml" 2>"$work/against.log" &
+  nginx_pid=$!
+  pids+=($nginx_pid)
+  wait_up "$work/against.log" 50
+  echo "AGAINST=$AGAINST: the \"nginx\" below is that build of the redirector"
+else
 nginx_conf "$work" "$WORKERS" <<NGINX
   server {
     listen $NGINX;
@@ -59,6 +73,7 @@ NGINX
 "${server_cpu[@]}" nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 nginx_pid=$!
 pids+=($nginx_pid)
+fi
 for _ in $(seq 50); do curl -s -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
 second() { echo "$redirector_pid"; }
 if [ "$CONTROL" = 1 ]; then

@@ -11,7 +11,7 @@ def med(group, name):
     return json.loads(p.read_text())["median"]["point_estimate"] if p.exists() else None
 rows = [("geoip", n) for n in ("shipped-flat-country", "nested-city", "flat-city")]
 rows += [("select", n) for n in ("10", "100", "1000", "10000")]
-rows += [("lookup+select_100", ""), ("handler", "redirect"), ("handler", "redirect-no-metrics"), ("handler", "reference")]
+rows += [("lookup+select_100", ""), ("handler", "redirect"), ("handler", "redirect-per-file"), ("handler", "redirect-files-one-set"), ("handler", "redirect-no-metrics"), ("handler", "reference")]
 for g, n in rows:
     v = med(g, n)
     print(f"{g + '/' + n:32} {'-' if v is None else f'{v:9.1f} ns'}")
@@ -21,6 +21,7 @@ def ratio(label, a, b):
 print()
 ratio("select 10,000 mirrors / 10 mirrors", med("select", "10000"), med("select", "10"))
 ratio("handler / reference (fixed 302)", med("handler", "redirect"), med("handler", "reference"))
+ratio("handler per file / one set, same requests", med("handler", "redirect-per-file"), med("handler", "redirect-files-one-set"))
 ratio("handler with metrics / without", med("handler", "redirect"), med("handler", "redirect-no-metrics"))
 ratio("lookup+select 100 / handler reference", med("lookup+select_100", ""), med("handler", "reference"))
 ratio("nested city lookup / shipped country lookup", med("geoip", "nested-city"), med("geoip", "shipped-flat-country"))

@@ -19,6 +19,7 @@
 //! request path: one hash lookup of the file name, no allocation.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
@@ -83,11 +84,84 @@ struct ReleaseSets {
 #[derive(Debug, Default)]
 pub struct Catalog {
     /// `<release>/<tree>/<image name>` to the set of mirrors that list it.
-    files: HashMap<Box<str>, SetId, FixedState>,
+    files: Files,
     /// Empty when there is no per-tree knowledge: everything is [`ALL`].
     releases: Vec<ReleaseSets>,
     /// Mirrors fresh for every tree of every release: where any file may go.
     everything: SetId,
+}
+
+/// Names to sets in one open-addressed table of 16-byte slots, each the
+/// name's 64-bit hash and 47 bits of a second, independent one beside its
+/// set: a lookup reads one slot (one cache miss) and follows no pointer.
+/// Two names agreeing on all 111 bits is as likely as a random 111-bit
+/// collision (about 2^-80 for a million names); should two listed names
+/// ever do so, that slot sends its files to the origin.
+#[derive(Debug, Default)]
+struct Files {
+    slots: Box<[Slot]>,
+}
+
+/// `tag`: the second hash's top 47 bits, bit 16 always set (so that a
+/// used slot is never all zero), the set in the low 16 bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Slot {
+    hash: u64,
+    tag: u64,
+}
+
+const SEEDS: (u64, u64) = (0x5eed_f11e_0000_0001, 0x9e37_79b9_7f4a_7c15);
+
+fn hashes(key: &[u8]) -> (u64, u64) {
+    (
+        FixedState::with_seed(SEEDS.0).hash_one(key),
+        FixedState::with_seed(SEEDS.1).hash_one(key) & !0xffff | 1 << 16,
+    )
+}
+
+impl Files {
+    /// The table of `entries` (names unique), at most three quarters full.
+    fn build(entries: &[(String, SetId)]) -> Files {
+        let size = (entries.len() * 4 / 3 + 1).next_power_of_two().max(16);
+        let mut slots = vec![Slot::default(); size].into_boxed_slice();
+        for (key, set) in entries {
+            let (hash, tag) = hashes(key.as_bytes());
+            let mut i = hash as usize & (size - 1);
+            loop {
+                let s = &mut slots[i];
+                if s.tag == 0 {
+                    *s = Slot {
+                        hash,
+                        tag: tag | u64::from(*set),
+                    };
+                    break;
+                }
+                if s.hash == hash && s.tag & !0xffff == tag {
+                    s.tag = tag | u64::from(Catalog::ORIGIN);
+                    break;
+                }
+                i = (i + 1) & (size - 1);
+            }
+        }
+        Files { slots }
+    }
+
+    #[inline]
+    fn get(&self, key: &str) -> Option<SetId> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let (hash, tag) = hashes(key.as_bytes());
+        let mut i = hash as usize & mask;
+        loop {
+            let s = self.slots[i];
+            if s.tag == 0 {
+                return None;
+            }
+            if s.hash == hash && s.tag & !0xffff == tag {
+                return Some(s.tag as SetId);
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// A catalog and the members of each of its sets (set 0 is every mirror).
@@ -151,6 +225,7 @@ impl Catalog {
                 sets: sets.members,
             };
         }
+        let mut files = Vec::new();
         let fresh_for =
             |id: &MirrorId, o: &OriginTree| match verified(&mirrors[*id], &o.release, o.tree) {
                 None => true,
@@ -163,7 +238,7 @@ impl Catalog {
             for o in &ours {
                 let fresh = (0..mirrors.len()).filter(|id| fresh_for(id, o)).collect();
                 trees[o.tree as usize] = Some(sets.id(fresh));
-                catalog.list_files(release, o, mirrors, &mut sets);
+                Catalog::list_files(&mut files, release, o, mirrors, &mut sets);
             }
             let whole = (0..mirrors.len())
                 .filter(|id| ours.iter().all(|o| fresh_for(id, o)))
@@ -174,6 +249,7 @@ impl Catalog {
                 trees,
             });
         }
+        catalog.files = Files::build(&files);
         let everything = (0..mirrors.len())
             .filter(|id| origin.iter().all(|o| fresh_for(id, o)))
             .collect();
@@ -186,7 +262,13 @@ impl Catalog {
 
     /// Maps every name any verified index of this tree lists (the origin's
     /// included) to the mirrors whose verified index lists it.
-    fn list_files(&mut self, release: &str, o: &OriginTree, mirrors: &[Mirror], sets: &mut Sets) {
+    fn list_files(
+        files: &mut Vec<(String, SetId)>,
+        release: &str,
+        o: &OriginTree,
+        mirrors: &[Mirror],
+        sets: &mut Sets,
+    ) {
         // The distinct indexes, the origin's first, and who holds each.
         let mut listings: Vec<&Arc<Listing>> = vec![&o.listing];
         let mut holders: Vec<Vec<MirrorId>> = vec![Vec::new()];
@@ -217,7 +299,7 @@ impl Catalog {
             }
         }
         let mut by_mask: HashMap<u64, SetId> = HashMap::new();
-        self.files.reserve(masks.len());
+        files.reserve(masks.len());
         for (name, mask) in masks {
             let set = *by_mask.entry(mask).or_insert_with(|| {
                 let mut members: Vec<MirrorId> = assumed.clone();
@@ -229,8 +311,7 @@ impl Catalog {
                 members.sort_unstable();
                 sets.id(members)
             });
-            let key = format!("{release}/{}/{name}", o.tree);
-            self.files.insert(key.into_boxed_str(), set);
+            files.push((format!("{release}/{}/{name}", o.tree), set));
         }
     }
 
@@ -260,22 +341,26 @@ impl Catalog {
         let Some(rest) = path.strip_prefix("distri/") else {
             return (ALL, Class::Unknown);
         };
-        let (release, after) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(rel) = self.releases.iter().find(|r| &*r.name == release) else {
+        // Prefix matches only: no scan for `/` until the file name.
+        let found = self.releases.iter().find_map(|r| {
+            let after = rest.strip_prefix(&*r.name)?.strip_prefix('/')?;
+            Some((r, after))
+        });
+        let Some((rel, after)) = found else {
             return (ALL, Class::Unknown);
         };
         let whole = (rel.whole, Class::Release);
-        let Some((dir, file)) = after.split_once('/') else {
-            return whole;
-        };
-        let Some(tree) = Tree::from_dir(dir) else {
+        let Some((tree, file)) = Tree::ALL.into_iter().find_map(|t| {
+            let file = after.strip_prefix(t.as_str())?.strip_prefix('/')?;
+            Some((t, file))
+        }) else {
             return whole;
         };
         let Some(fresh) = rel.trees[tree as usize] else {
             return whole;
         };
         let mutable = (fresh, Class::Mutable(tree));
-        if file.contains('/') {
+        if file.bytes().any(|b| b == b'/') {
             return mutable;
         }
         let base = file
@@ -290,9 +375,9 @@ impl Catalog {
             },
         };
         // `<release>/<tree>/<stem>`, a slice of the path itself.
-        let key = &rest[..release.len() + 1 + dir.len() + 1 + stem.len()];
+        let key = &rest[..rest.len() - file.len() + stem.len()];
         match self.files.get(key) {
-            Some(&set) => (set, Class::Listed),
+            Some(set) => (set, Class::Listed),
             None if image => (Catalog::ORIGIN, Class::Unlisted),
             // An unversioned `.meta.textproto`: it moves with each build.
             None => mutable,

@@ -21,6 +21,8 @@ pub enum CommandError {
     GeoIp(#[from] GeoIpError),
     #[error("{0:?} is not an IP address")]
     BadAddress(String),
+    #[error("{0:?}: {1}")]
+    BadPath(String, crate::path::PathError),
     #[error("origin {origin}")]
     Origin {
         origin: String,
@@ -145,18 +147,32 @@ pub fn parse_ips(ips: &[String]) -> Result<Vec<IpAddr>, CommandError> {
         .collect()
 }
 
+/// A request path as the service would see it: canonical, without its
+/// leading `/`.
+pub fn parse_path(raw: &str) -> Result<String, CommandError> {
+    crate::path::normalise(raw)
+        .map(|p| p.into_owned())
+        .map_err(|e| CommandError::BadPath(raw.to_string(), e))
+}
+
 /// For each address: what the database says, and every mirror in the order
-/// selection considers it.
+/// selection considers it, for `path` (canonical) or any file.
 pub fn locate(
     config: &Config,
     table: &Table,
     ips: &[IpAddr],
+    path: Option<&str>,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
     let geo = GeoDb::open(&config.geoip)?;
+    let policy = crate::routing::Policy::from_config(config);
+    let release_path = path.filter(|p| policy.is_release_path(p));
     for &ip in ips {
         let sender = Sender { ip, https: false };
-        let e = explain(table, &geo, &config.origin, sender, None, None);
+        let mut e = explain(table, &geo, &config.origin, sender, None, release_path);
+        if path.is_some() && release_path.is_none() {
+            e.not_release(&config.origin);
+        }
         out.write_all(e.text().as_bytes())?;
     }
     Ok(())

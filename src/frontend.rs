@@ -244,11 +244,14 @@ impl Frontend {
 
 /// Where `ip` goes for a path of a current release.
 fn redirect_for(routing: &Routing, ip: IpAddr, https_only: bool, path: &str) -> (Outcome, Served) {
-    let location = routing.geo.lookup(ip);
     let table = &routing.table;
+    // The file's set first: its table read and the database's can then
+    // wait on memory at the same time.
+    let set = table.catalog().set_for(path);
+    let location = routing.geo.lookup(ip);
     let client = Client::new(ip, &location)
         .https_only(https_only)
-        .asking_for(table.catalog().set_for(path));
+        .asking_for(set);
     let cell = cell_of(location.coord);
     let (base, to) = match select(table, &client) {
         Some(id) => (&table.get(id).base, To::Mirror(id)),

@@ -36,6 +36,10 @@ enum Command {
         /// Skip probing: treat every mirror as eligible.
         #[arg(long)]
         no_probe: bool,
+        /// The file asked for, e.g. /distri/jackherer/pkg/meta.binaryproto:
+        /// which mirrors may serve it and why (default: any file).
+        #[arg(long)]
+        path: Option<String>,
         /// IPv4 or IPv6 addresses.
         #[arg(required = true)]
         ips: Vec<String>,
@@ -117,16 +121,24 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Locate {
             config,
             no_probe,
+            path,
             ips,
         } => {
             let config = Config::load(&config.config)?;
             let ips = commands::parse_ips(&ips)?;
+            let path = path.as_deref().map(commands::parse_path).transpose()?;
             let table = if no_probe {
                 Table::from_config(&config.mirrors, Status::assumed_up(), config.selection)
             } else {
                 runtime()?.block_on(commands::probe_table(&config))?.0
             };
-            Ok(commands::locate(&config, &table, &ips, &mut out)?)
+            Ok(commands::locate(
+                &config,
+                &table,
+                &ips,
+                path.as_deref(),
+                &mut out,
+            )?)
         }
         Command::Probe(c) => {
             let config = Config::load(&c.config)?;

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::probe::board::{Board, BoardView, KINDS};
 use crate::routing::Routing;
 use crate::stats::{LATENCY_BOUNDS_NS, Other, Tally};
-use crate::table::Health;
+use crate::table::{Health, TreeState, TreeStatus};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -46,6 +46,14 @@ impl Metrics {
 
 /// What a scrape copies out of the routing snapshot (a collector must own
 /// what it encodes).
+const TREE_STATES: [TreeState; 5] = [
+    TreeState::Fresh,
+    TreeState::Behind,
+    TreeState::MidSync,
+    TreeState::Missing,
+    TreeState::Unverified,
+];
+
 #[derive(Debug)]
 struct Snapshot {
     mirrors: Vec<MirrorRow>,
@@ -61,6 +69,7 @@ struct MirrorRow {
     eligible: bool,
     health: Health,
     since: SystemTime,
+    trees: Option<Arc<[TreeStatus]>>,
 }
 
 impl Snapshot {
@@ -75,6 +84,7 @@ impl Snapshot {
                     eligible: m.status.eligible,
                     health: m.status.health,
                     since: m.status.since,
+                    trees: m.status.trees.clone(),
                 })
                 .collect(),
             geo_built: r.geo.build_epoch(),
@@ -207,7 +217,7 @@ impl Scrape {
         labelled(
             enc,
             "distri_mirror_eligible",
-            "1 when the mirror may be chosen (healthy, fresh and complete).",
+            "1 when the mirror may be chosen: answering, fast enough, and some tree verified (which files it gets: distri_mirror_tree_state).",
             MetricType::Gauge,
             "mirror",
             ms.iter().map(|m| (m.name.clone(), m.eligible as u8 as f64)),
@@ -261,6 +271,32 @@ impl Scrape {
                 fresh
                     .encode_family(&labels)?
                     .encode_gauge(&(*f as u8 as f64))?;
+            }
+        }
+        self.tree_states(enc)
+    }
+
+    /// One series per state of each tree, 1 for the state it is in: alert
+    /// on `state="fresh"` staying 0, graph how long mirrors lag.
+    fn tree_states(&self, enc: &mut DescriptorEncoder) -> Result<(), Error> {
+        let mut m = enc.encode_descriptor(
+            "distri_mirror_tree_state",
+            "Each tree of each release on each mirror: 1 for the state the last round found (fresh, behind, mid-sync, missing, unverified).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for row in &self.routing.mirrors {
+            for t in row.trees.iter().flat_map(|t| t.iter()) {
+                for state in TREE_STATES {
+                    let labels = [
+                        ("mirror", &*row.name),
+                        ("release", &*t.release),
+                        ("tree", t.tree.as_str()),
+                        ("state", &state.to_string()),
+                    ];
+                    let v = (t.state == state) as u8 as f64;
+                    m.encode_family(&labels)?.encode_gauge(&v)?;
+                }
             }
         }
         Ok(())

@@ -84,7 +84,7 @@ async fn probe_prints_a_row_per_mirror_and_fails_when_none_is_eligible() {
     // locate shows the probed states and the choice.
     let mut out = Vec::new();
     let ips = commands::parse_ips(&["1.0.0.1".into(), "2.0.0.1".into()]).unwrap();
-    commands::locate(&f.config, &table, &ips, &mut out).unwrap();
+    commands::locate(&f.config, &table, &ips, None, &mut out).unwrap();
     let out = text(out);
     assert!(
         out.contains("1.0.0.1: country FR, at 48.85,2.35 (city record)"),
@@ -114,6 +114,40 @@ async fn probe_prints_a_row_per_mirror_and_fails_when_none_is_eligible() {
         "each tree's state: {out}"
     );
     assert!(below[good.unwrap()].contains("chosen"), "{out}");
+
+    // For a named file: which mirrors may serve it. "old" is behind on
+    // jackherer only: it serves supersilverhaze, not jackherer's index.
+    let chicago = commands::parse_ips(&["2.0.0.1".into()]).unwrap();
+    let for_file = |path: &str| {
+        let path = commands::parse_path(path).unwrap();
+        let mut out = Vec::new();
+        commands::locate(&f.config, &table, &chicago, Some(&path), &mut out).unwrap();
+        text(out)
+    };
+    let out = for_file("/distri/jackherer/pkg//meta.binaryproto");
+    assert!(
+        out.contains("the file: a mutable file: mirrors fresh for its pkg/ tree"),
+        "{out}"
+    );
+    let old = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("old"))
+        .unwrap();
+    assert!(
+        old.contains("excluded: not verified to hold this file"),
+        "{out}"
+    );
+    let out = for_file("/distri/supersilverhaze/pkg/pkg000-amd64-1.0-1.squashfs");
+    assert!(out.contains("the file: an immutable file"), "{out}");
+    let old = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("old"))
+        .unwrap();
+    assert!(old.contains("chosen"), "the nearest holds it: {out}");
+    assert!(matches!(
+        commands::parse_path("/distri/%2e%2e/x"),
+        Err(CommandError::BadPath(..))
+    ));
 
     // With no mirror that can serve anything, probe fails.
     let mut no_good = f.config.clone();

@@ -60,6 +60,10 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 async fn start() -> Fixture {
+    start_with(Options::default()).await
+}
+
+async fn start_with(opts: Options) -> Fixture {
     let specs = ["a", "b", "c", "no-debug", "old-src"]
         .into_iter()
         .map(|n| spec(n, 50.0, 8.0))
@@ -71,7 +75,7 @@ async fn start() -> Fixture {
         without_debug(first()),
         old_src(first()),
     ];
-    let f = Fixture::start_with(specs, trees, Options::default()).await;
+    let f = Fixture::start_with(specs, trees, opts).await;
     f.origin.serve(first());
     f
 }
@@ -87,7 +91,11 @@ async fn wait_summaries(f: &Fixture, want: &[(&str, &str)]) {
 
 #[tokio::test]
 async fn a_mirror_without_a_tree_or_with_an_old_one_gets_only_what_it_has() {
-    let f = start().await;
+    let f = start_with(Options {
+        extra: "[admin]\nlisten = [\"127.0.0.1:0\"]\n",
+        ..Options::default()
+    })
+    .await;
     wait_summaries(
         &f,
         &[
@@ -134,6 +142,88 @@ async fn a_mirror_without_a_tree_or_with_an_old_one_gets_only_what_it_has() {
         set(&["a", "b", "c", "no-debug"]),
         "src/'s index only from mirrors fresh for src/"
     );
+    shown_to_operators(&f).await;
+}
+
+/// The status page's JSON, `?mirrorlist` and the metrics say the same.
+async fn shown_to_operators(f: &Fixture) {
+    let a = get(f.addr(), "/mirrors.json", "").await;
+    let j: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    let mirror = |name: &str| {
+        j["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let tree = |name: &str, release: &str, tree: &str| {
+        mirror(name)["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["release"] == release && t["tree"] == tree)
+            .map(|t| t["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        tree("no-debug", "jackherer", "debug").as_deref(),
+        Some("missing")
+    );
+    assert_eq!(
+        tree("no-debug", "jackherer", "pkg").as_deref(),
+        Some("fresh")
+    );
+    assert_eq!(
+        tree("old-src", "supersilverhaze", "src").as_deref(),
+        Some("behind")
+    );
+    assert_eq!(
+        tree("a", "jackherer", "src"),
+        None,
+        "the origin has no jackherer/src"
+    );
+
+    // ?mirrorlist for a debug file: why the mirror without debug/ is out.
+    let a = get(
+        f.addr(),
+        &format!("{JH}/debug/pkg003-amd64-1.0-1.squashfs?mirrorlist"),
+        "X-Forwarded-For: 6.0.1.1\r\nAccept: application/json\r\n",
+    )
+    .await;
+    let e: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert!(
+        e["file"].as_str().unwrap().starts_with("an immutable file"),
+        "{e}"
+    );
+    let out = e["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "no-debug")
+        .unwrap_or_else(|| panic!("no-debug is excluded: {e}"));
+    assert_eq!(out["reason"], "lacks_file", "{e}");
+    assert!(
+        out["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing: jackherer/debug"),
+        "{e}"
+    );
+
+    let m = scrape(f.service.as_ref().unwrap().admin_addrs[0]).await;
+    let state = |mirror: &str, release: &str, tree: &str, state: &str| {
+        at(
+            &m,
+            &format!(
+                "distri_mirror_tree_state{{mirror={mirror},release={release},state={state},tree={tree}}}"
+            ),
+        )
+    };
+    assert_eq!(state("no-debug", "jackherer", "debug", "missing"), 1.0);
+    assert_eq!(state("no-debug", "jackherer", "debug", "fresh"), 0.0);
+    assert_eq!(state("old-src", "supersilverhaze", "src", "behind"), 1.0);
+    assert_eq!(state("a", "supersilverhaze", "src", "fresh"), 1.0);
 }
 
 #[tokio::test]

@@ -18,49 +18,6 @@ fn admin(f: &Fixture) -> SocketAddr {
     f.service.as_ref().unwrap().admin_addrs[0]
 }
 
-async fn get(addr: SocketAddr, path: &str, headers: &str) -> Answer {
-    raw(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"),
-    )
-    .await
-}
-
-/// Every sample of a scrape, keyed by name and sorted labels.
-async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let a = get(addr, "/metrics", "").await;
-    assert_eq!(a.status, 200, "{a:?}");
-    assert!(
-        a.header("content-type")
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4"),
-        "{a:?}"
-    );
-    let text = String::from_utf8(a.body).unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
-    let mut out = HashMap::new();
-    for s in parsed.samples {
-        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
-        let key = format!("{}{{{}}}", s.metric, labels.join(","));
-        let v = match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => continue,
-        };
-        out.insert(key, v);
-    }
-    out
-}
-
-fn at(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("{key} missing; have {:?}", m.keys().collect::<Vec<_>>()))
-}
-
 /// Counters move by exactly the requests made, each family is there, and
 /// `/metrics` on the public listener is an ordinary path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

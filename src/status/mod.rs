@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::explain::{PAGE_CSS, esc};
+use crate::explain::{PAGE_CSS, TreeRow, esc};
 use crate::probe::board::{Board, BoardView};
 use crate::routing::{Routing, SharedRouting};
 use crate::stats::{CELL_DEG, COLS, Tally, cell_centre};
@@ -185,6 +185,36 @@ fn state(m: &Mirror) -> &'static str {
     }
 }
 
+/// A release's cell in the mirror table: each tree's state, with what the
+/// last round found on hover; the release's freshness when trees are not
+/// known.
+fn release_cell(m: &Mirror, release: &str, fresh: Option<bool>) -> String {
+    let trees: Vec<TreeRow> = TreeRow::of(m)
+        .into_iter()
+        .filter(|t| t.release == release)
+        .collect();
+    if trees.is_empty() {
+        return match fresh {
+            Some(true) => "fresh",
+            Some(false) => "stale",
+            None => "?",
+        }
+        .to_string();
+    }
+    trees
+        .iter()
+        .map(|t| {
+            format!(
+                "<span class=\"tree-{state}\" title=\"{detail}\">{tree} {state}</span>",
+                state = esc(&t.state),
+                detail = esc(&t.detail),
+                tree = esc(&t.tree)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("<br>")
+}
+
 fn class(m: &Mirror) -> &'static str {
     match (m.status.eligible, m.status.health) {
         (true, _) => "up",
@@ -255,10 +285,12 @@ impl View<'_> {
                     "health": m.status.health.to_string(),
                     "state": state(m),
                     "reason": &*m.status.reason,
+                    "summary": m.status.summary(),
                     "since": rfc3339(m.status.since),
                     "latency_ms": self.latency_ms(m),
                     "releases": self.fresh(&m.name).into_iter()
                         .map(|(rel, f)| (rel, json!(f))).collect::<serde_json::Map<_, _>>(),
+                    "trees": TreeRow::of(m).iter().map(TreeRow::json).collect::<Vec<_>>(),
                     "redirects_last_hour": hour,
                     "share_last_hour": share,
                 })
@@ -424,16 +456,11 @@ Equal Earth projection. Shaded cells: where requests came from over the last 24 
                 name = esc(&m.name),
                 class = class(m),
                 state = state(m),
-                reason = esc(&m.status.reason),
+                reason = esc(&m.status.summary()),
                 since = rfc3339(m.status.since),
             );
-            for (_, f) in self.fresh(&m.name) {
-                let cell = match f {
-                    Some(true) => "fresh",
-                    Some(false) => "stale",
-                    None => "?",
-                };
-                let _ = write!(t, "<td>{cell}</td>");
+            for (release, f) in self.fresh(&m.name) {
+                let _ = write!(t, "<td>{}</td>", release_cell(m, &release, f));
             }
             let countries = m.countries.as_ref().map_or("all".to_string(), |cs| {
                 cs.iter()

@@ -3,7 +3,7 @@
 //! HTTP/1.1 client that sends paths exactly as written.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -478,4 +478,48 @@ fn parse(buf: &[u8]) -> Answer {
         headers,
         body: buf[end + 4..].to_vec(),
     }
+}
+
+/// GET `path` from `addr` with extra `headers` (each ending in CRLF).
+pub async fn get(addr: SocketAddr, path: &str, headers: &str) -> Answer {
+    raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Every sample of a scrape, keyed by name and sorted labels.
+pub async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let a = get(addr, "/metrics", "").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(
+        a.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{a:?}"
+    );
+    let text = String::from_utf8(a.body).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
+    let mut out = HashMap::new();
+    for s in parsed.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let key = format!("{}{{{}}}", s.metric, labels.join(","));
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert(key, v);
+    }
+    out
+}
+
+pub fn at(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("{key} missing; have {:?}", m.keys().collect::<Vec<_>>()))
 }
