@@ -72,7 +72,7 @@ async fn each_mirror_gets_what_it_was_verified_to_hold() {
         ),
         (
             "mid-sync",
-            "ok, but incomplete: jackherer/pkg/pkg011-amd64-1.0-1.squashfs: 404; nothing of this tree verified yet",
+            "ok, but incomplete: jackherer/pkg/pkg011-amd64-1.0-1.squashfs: 404; no index of this tree verified complete",
         ),
         ("redirects", "redirected to http://127.0.0.1:9/distri/"),
     ];

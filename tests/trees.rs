@@ -331,3 +331,32 @@ async fn install_everything(f: &Fixture, origin: &Tree) {
     );
     assert!(by_mirror.contains("a"), "{by_mirror:?}");
 }
+
+/// A mirror verified complete that then loses files (a disk replaced, a
+/// clean-up gone wrong) keeps the same index: that index no longer counts,
+/// and the tree's files go elsewhere until it is whole again.
+#[tokio::test]
+async fn a_mirror_that_loses_files_stops_getting_that_tree() {
+    let mut f = start().await;
+    wait_summaries(&f, &[("a", "ok: fresh and complete")]).await;
+    let mut damaged = first();
+    damaged.remove_newest_packages("jackherer", 1);
+    f.mirror("a").serve(damaged);
+    wait_summaries(
+        &f,
+        &[("a", "ok, but incomplete: jackherer/pkg/pkg011-amd64-1.0-1.squashfs: 404; no index of this tree verified complete")],
+    )
+    .await;
+    let old = f
+        .served_by(&format!("{JH}/pkg/pkg000-amd64-1.0-1.squashfs"), 60)
+        .await;
+    assert!(!old.contains("a"), "{old:?}");
+    assert!(
+        f.served_by(&format!("{SSH}/pkg/pkg000-amd64-1.0-1.squashfs"), 60)
+            .await
+            .contains("a"),
+        "its other trees still count"
+    );
+    f.mirror("a").serve(first());
+    wait_summaries(&f, &[("a", "ok: fresh and complete")]).await;
+}

@@ -596,12 +596,18 @@ async fn check_tree(
     };
     let picked = sample(pool.len());
     if let Some(gap) = first_gap(at, &pool, &picked).await? {
+        // A new index whose files are still arriving: the previous one
+        // still holds. The same index, now with files gone: nothing does.
+        let previous = previous.filter(|p| p.sha256 != hash);
+        if previous.is_none() {
+            cache.verified.remove(&path);
+        }
         let detail = match &previous {
             Some(p) => format!(
                 "{gap}; serving what its previous index {} lists",
                 p.short_id()
             ),
-            None => format!("{gap}; nothing of this tree verified yet"),
+            None => format!("{gap}; no index of this tree verified complete"),
         };
         return Ok(status(TreeState::MidSync, detail, previous));
     }
