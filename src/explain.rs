@@ -32,6 +32,8 @@ pub struct Explanation {
     pub outside_releases: bool,
     /// Which mirrors may serve the file asked for, and why.
     pub file: Option<String>,
+    /// The GeoIP database's credit, as HTML, when its licence asks for one.
+    pub attribution: Option<&'static str>,
 }
 
 /// One mirror in an explanation.
@@ -141,6 +143,7 @@ pub fn explain(
         location,
         mirrors,
         outside_releases: false,
+        attribution: geo.attribution(),
         file: Some(class.map_or_else(
             || "any file: mirrors fresh for every tree".to_string(),
             |(_, c)| c.to_string(),
@@ -340,7 +343,7 @@ impl Explanation {
 <dt>Redirect</dt><dd><a href=\"{target_attr}\">{target_text}</a>{outside}</dd></dl>\
 <table><thead><tr><th>mirror</th><th>distance</th><th>weight</th><th>verdict</th></tr></thead>\
 <tbody>\n{rows}</tbody></table>\
-<p><a href=\"/mirrors\">All mirrors and coverage</a></p></body></html>\n",
+<p><a href=\"/mirrors\">All mirrors and coverage</a>{credit}</p></body></html>\n",
             css = PAGE_CSS,
             path = esc(path),
             ip = self.ip,
@@ -352,6 +355,9 @@ impl Explanation {
             },
             country = self.country(),
             file = esc(self.file.as_deref().unwrap_or("any mirror")),
+            credit = self
+                .attribution
+                .map_or(String::new(), |a| format!(". Location: {a}")),
             place = self.place(),
             source = self.location.source,
             target_attr = esc(&target),

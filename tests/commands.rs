@@ -31,11 +31,12 @@ fn check_summarises_the_shipped_config() {
     }
 }
 
+/// The country database, shipped as the alternative to the default city
+/// one (tests/shipped_geoip.rs covers that).
 #[test]
-fn the_shipped_database_places_real_addresses() {
-    let config =
-        Config::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mirrors.toml")).unwrap();
-    let geo = distri_redirector::geoip::GeoDb::open(&config.geoip).unwrap();
+fn the_shipped_country_database_places_real_addresses() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geoip/geo-whois-asn-country.mmdb");
+    let geo = distri_redirector::geoip::GeoDb::open(&path).unwrap();
     // RIPE NCC's own addresses are registered in the Netherlands.
     for ip in ["193.0.6.139", "2001:67c:2e8::1"] {
         let loc = geo.lookup(ip.parse().unwrap());

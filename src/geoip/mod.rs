@@ -166,6 +166,14 @@ impl GeoDb {
         &self.reader.metadata().database_type
     }
 
+    /// The credit a page showing its results must carry, as HTML: DB-IP's
+    /// licence asks web pages for a link back.
+    pub fn attribution(&self) -> Option<&'static str> {
+        let t = self.database_type().to_ascii_lowercase();
+        (t.contains("dbip") || t.contains("db-ip"))
+            .then_some("<a href=\"https://db-ip.com\">IP Geolocation by DB-IP</a>")
+    }
+
     /// When the database was built, seconds since the UNIX epoch.
     pub fn build_epoch(&self) -> u64 {
         self.reader.metadata().build_epoch

@@ -373,10 +373,15 @@ The service runs on the previous configuration.</p>",
         out.push_str(&self.map_svg());
         out.push_str(&self.mirror_table());
         out.push_str(&self.suggestions());
-        out.push_str(
+        let geo = r
+            .geo
+            .attribution()
+            .map_or(String::new(), |a| format!(" Client locations: {a}."));
+        let _ = writeln!(
+            out,
             "<p><small>Map: Natural Earth 1:110m countries (public domain), via world-atlas (ISC), \
 Equal Earth projection. Shaded cells: where requests came from over the last 24 hours \
-(no addresses are kept).</small></p></body></html>\n",
+(no addresses are kept).{geo}</small></p></body></html>"
         );
         out
     }
