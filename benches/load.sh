@@ -13,6 +13,8 @@
 #   WORKERS=1 bash benches/load.sh       # one serving thread each (default 2)
 #   WORKERS=1 PIN=1 bash benches/load.sh # and servers and wrk on separate cores
 #   MODES=keepalive bash benches/load.sh # only one of the two modes
+#   GEOIP=geoip/geo-whois-asn-country.mmdb bash benches/load.sh
+#                                        # another GeoIP database (default: the shipped one)
 #   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
 #                                        # to show how far the ratios of identical servers spread
 #   AGAINST=/path/to/distri-redirector bash benches/load.sh
@@ -49,7 +51,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-start_fixture "$work/mirrors.toml" --mirrors 50 --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS"
+start_fixture "$work/mirrors.toml" --mirrors 50 --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" \
+  --geoip "${GEOIP:-geoip/dbip-city-lite-compact.mmdb}"
 "${server_cpu[@]}" target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 redirector_pid=$!
 pids+=($redirector_pid)

@@ -5,11 +5,13 @@
 #
 #   bash benches/probe-cost.sh            # 1,000 mirrors, 60 s window
 #   MIRRORS=200 WINDOW=30 bash benches/probe-cost.sh
+#   BIN=/path/to/other/distri-redirector bash benches/probe-cost.sh   # another build (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/common.sh
 MIRRORS=${MIRRORS:-1000}
 WINDOW=${WINDOW:-60}
+BIN=${BIN:-target/release/distri-redirector}
 cargo build --release -q --example bench_fixture --bin distri-redirector
 work=$(mktemp -d)
 pids=()
@@ -17,7 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 start_fixture "$work/mirrors.toml" --mirrors "$MIRRORS" --listen 127.0.0.1:18190 --interval 10s
-target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
+"$BIN" serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 pid=$!
 pids+=($pid)
 wait_up "$work/redirector.log" "$MIRRORS" 60

@@ -3,7 +3,9 @@
 //! redirector to serve them. Used by `benches/load.sh` and
 //! `benches/probe-cost.sh`; runs until killed.
 //!
-//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N]`
+//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--geoip FILE]`
+//!
+//! The GeoIP database is the shipped default unless `--geoip` names another.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -82,14 +84,20 @@ async fn main() -> std::io::Result<()> {
     let interval = arg(&args, "--interval").unwrap_or_else(|| "10s".into());
     let workers = arg(&args, "--workers").map_or(String::new(), |w| format!("workers = {w}\n"));
     let releases = ["supersilverhaze", "jackherer"];
-    let origin_tree = Tree::generate(&releases, 40);
+    // Every tree a release can have, as the prober checks each.
+    let mut origin_tree = Tree::generate(&releases, 40);
+    for r in releases {
+        origin_tree.set_tree(r, "debug", 40);
+        origin_tree.set_tree(r, "src", 40);
+    }
     let mut all = origin_tree.with_prefix("origin");
     for i in 0..n {
         all.merge(origin_tree.with_prefix(&format!("m{i}")));
     }
     let server = MiniServer::start(all).await?;
     let base = server.url();
-    let db = std::fs::canonicalize("geoip/geo-whois-asn-country.mmdb")?;
+    let db = arg(&args, "--geoip").unwrap_or_else(|| "geoip/dbip-city-lite-compact.mmdb".into());
+    let db = std::fs::canonicalize(db)?;
     let mut toml = format!(
         "listen = [\"{listen}\"]\norigin = \"{base}origin/\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\n\
          geoip = \"{}\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\

@@ -577,6 +577,10 @@ async fn check_tree(
         }
     };
     let previous = cache.verified.get(&path).cloned();
+    // An index verified complete before and unchanged since needs one
+    // image, at random, to notice files that vanish; a new index gets the
+    // whole newest-biased sample. Most rounds are the first kind.
+    let settled = body.is_none() && previous.as_ref().is_some_and(|p| p.sha256 == hash);
     let fresh = hash == idx.sha256;
     let listing = if fresh {
         idx.listing.clone()
@@ -594,7 +598,11 @@ async fn check_tree(
     } else {
         behind_pool(idx, &listing, previous.as_deref())
     };
-    let picked = sample(pool.len());
+    let picked = if settled && !pool.is_empty() {
+        vec![rand::random_range(0..pool.len())]
+    } else {
+        sample(pool.len())
+    };
     if let Some(gap) = first_gap(at, &pool, &picked).await? {
         // A new index whose files are still arriving: the previous one
         // still holds. The same index, now with files gone: nothing does.
