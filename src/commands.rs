@@ -100,20 +100,22 @@ pub fn print_round(
 
 /// Loads the config and the database, and prints a summary.
 pub fn check(config: &Config, out: &mut impl Write) -> Result<(), CommandError> {
-    let geo = GeoDb::open(&config.geoip)?;
+    let geo = GeoDb::open_all(&config.geoip)?;
     let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
     writeln!(out, "config:    {}", config.path.display())?;
     writeln!(out, "listen:    {}", listen.join(", "))?;
     writeln!(out, "origin:    {}", config.origin)?;
     writeln!(out, "releases:  {}", config.releases.join(", "))?;
-    writeln!(
-        out,
-        "geoip:     {} ({}, built {}; {} IPv4 ranges in the flat table)",
-        geo.path().display(),
-        geo.database_type(),
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(geo.build_epoch())),
-        geo.v4_ranges()
-    )?;
+    for f in geo.files() {
+        writeln!(
+            out,
+            "geoip:     {} ({}, built {}; {} IPv4 ranges in the flat table)",
+            f.path().display(),
+            f.database_type(),
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(f.build_epoch())),
+            f.v4_ranges()
+        )?;
+    }
     writeln!(
         out,
         "probe:     every {:?}, timeout {:?}",
@@ -164,7 +166,7 @@ pub fn locate(
     path: Option<&str>,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    let geo = GeoDb::open(&config.geoip)?;
+    let geo = GeoDb::open_all(&config.geoip)?;
     let policy = crate::routing::Policy::from_config(config);
     let release_path = path.filter(|p| policy.is_release_path(p));
     for &ip in ips {

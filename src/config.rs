@@ -28,7 +28,8 @@ pub struct Config {
     /// The origin's base URL, always ending in `/`.
     pub origin: String,
     pub releases: Vec<String>,
-    pub geoip: PathBuf,
+    /// GeoIP files, looked up in order.
+    pub geoip: Vec<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
     pub selection: Selection,
     pub probe: Probe,
@@ -189,7 +190,7 @@ struct RawConfig {
     tls: Option<Spanned<RawTls>>,
     origin: Spanned<String>,
     releases: Spanned<Vec<Spanned<String>>>,
-    geoip: Spanned<String>,
+    geoip: Spanned<toml::Value>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
@@ -564,8 +565,28 @@ fn releases(src: &Src, raw: Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>
     Ok(out)
 }
 
-fn geoip(src: &Src, base: &Path, raw: &Spanned<String>) -> Result<PathBuf, ConfigError> {
-    readable_file(src, base, "geoip", raw)
+/// One file, or a list looked up in order (ip-location-db ships one file
+/// per family).
+fn geoip(src: &Src, base: &Path, raw: &Spanned<toml::Value>) -> Result<Vec<PathBuf>, ConfigError> {
+    let bad = || {
+        src.err(
+            raw.span(),
+            "geoip",
+            "must be a file name or a list of file names",
+        )
+    };
+    let names: Vec<&str> = match raw.get_ref() {
+        toml::Value::String(s) => vec![s.as_str()],
+        toml::Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|v| v.as_str().ok_or_else(bad))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad()),
+    };
+    names
+        .into_iter()
+        .map(|n| readable_path(src, base, "geoip", raw.span(), n))
+        .collect()
 }
 
 /// A path relative to the config's folder, naming a file that can be opened.
@@ -575,15 +596,21 @@ fn readable_file(
     key: &str,
     raw: &Spanned<String>,
 ) -> Result<PathBuf, ConfigError> {
-    let path = base.join(raw.get_ref());
+    readable_path(src, base, key, raw.span(), raw.get_ref())
+}
+
+fn readable_path(
+    src: &Src,
+    base: &Path,
+    key: &str,
+    span: Range<usize>,
+    name: &str,
+) -> Result<PathBuf, ConfigError> {
+    let path = base.join(name);
     match std::fs::File::open(&path).and_then(|f| f.metadata()) {
         Ok(m) if m.is_file() => Ok(path),
-        Ok(_) => Err(src.err(raw.span(), key, format!("{} is not a file", path.display()))),
-        Err(e) => Err(src.err(
-            raw.span(),
-            key,
-            format!("cannot read {}: {e}", path.display()),
-        )),
+        Ok(_) => Err(src.err(span, key, format!("{} is not a file", path.display()))),
+        Err(e) => Err(src.err(span, key, format!("cannot read {}: {e}", path.display()))),
     }
 }
 
@@ -851,6 +878,20 @@ ipv6 = false
     }
 
     #[test]
+    fn geoip_may_name_several_files_in_order() {
+        let text = GOOD.replace(
+            "geoip = \"geo-whois-asn-country.mmdb\"",
+            "geoip = [\"dbip-city-lite-compact.mmdb\", \"geo-whois-asn-country.mmdb\"]",
+        );
+        let c = parse(&text).unwrap();
+        let names: Vec<_> = c.geoip.iter().map(|p| p.file_name().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["dbip-city-lite-compact.mmdb", "geo-whois-asn-country.mmdb"]
+        );
+    }
+
+    #[test]
     fn good_config_loads_with_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.origin, "https://repo.distr1.org/");
@@ -938,6 +979,18 @@ ipv6 = false
                 "releases = []",
                 4,
                 "releases: needs at least one",
+            ),
+            (
+                "geoip = \"geo-whois-asn-country.mmdb\"",
+                "geoip = 5",
+                5,
+                "geoip: must be a file name or a list of file names",
+            ),
+            (
+                "geoip = \"geo-whois-asn-country.mmdb\"",
+                "geoip = [\"geo-whois-asn-country.mmdb\", \"missing.mmdb\"]",
+                5,
+                "geoip: cannot read",
             ),
             (
                 "geo-whois-asn-country.mmdb",

@@ -128,7 +128,12 @@ pub async fn run(
     }
     println!(
         "\nredirector on http://{addr}/ (GeoIP: {})\n",
-        config.geoip.display()
+        config
+            .geoip
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     show_clients(addr).await?;
     sample_traffic(addr, SAMPLE_REQUESTS).await?;

@@ -61,7 +61,7 @@ pub struct Publisher {
 /// What the loaded files looked like when they were read.
 #[derive(Default)]
 struct Stamps {
-    geo: Option<Stamp>,
+    geo: Vec<Option<Stamp>>,
     cert: Option<(Stamp, Stamp)>,
 }
 
@@ -104,7 +104,7 @@ impl Publisher {
         let mut prober = Prober::new(probed, board);
         prober.reconcile(&config, |_| None);
         let stamps = Stamps {
-            geo: Stamp::of(&config.geoip),
+            geo: geo_stamps(&config.geoip),
             cert: config.tls.as_ref().and_then(cert_stamps),
         };
         let mut p = Publisher {
@@ -228,17 +228,23 @@ impl Publisher {
 
     /// A new database when the configured file changed and loads.
     async fn reload_geo(&mut self) -> Result<Option<Arc<GeoDb>>, String> {
-        let path = self.config.geoip.clone();
-        let stamp = Stamp::of(&path);
-        let same_file = self.routing.load().geo.path() == path;
-        if same_file && stamp == self.stamps.geo {
+        let paths = self.config.geoip.clone();
+        let stamp = geo_stamps(&paths);
+        let loaded: Vec<PathBuf> = self
+            .routing
+            .load()
+            .geo
+            .files()
+            .map(|f| f.path().to_path_buf())
+            .collect();
+        if loaded == paths && stamp == self.stamps.geo {
             return Ok(None);
         }
         // Building the flat IPv4 table of a city database takes a second:
         // not on a thread that serves requests.
-        let opened = blocking(move || GeoDb::open(&path)).await?;
+        let opened = blocking(move || GeoDb::open_all(&paths)).await?;
         let db = opened.map_err(|e| chain(&e))?;
-        tracing::info!(path = %db.path().display(), v4_ranges = db.v4_ranges(), "GeoIP database loaded");
+        tracing::info!(path = %db.path().display(), files = db.files().count(), v4_ranges = db.v4_ranges(), "GeoIP database loaded");
         self.stamps.geo = stamp;
         Ok(Some(Arc::new(db)))
     }
@@ -390,9 +396,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Each GeoIP file's stamp, in order.
+fn geo_stamps(paths: &[PathBuf]) -> Vec<Option<Stamp>> {
+    paths.iter().map(|p| Stamp::of(p)).collect()
+}
+
 /// The files a config's reload reads.
 fn files_of(config: &Config) -> Vec<PathBuf> {
-    let mut files = vec![config.path.clone(), config.geoip.clone()];
+    let mut files = vec![config.path.clone()];
+    files.extend(config.geoip.iter().cloned());
     if let Some(t) = &config.tls {
         files.extend([t.cert.clone(), t.key.clone()]);
     }

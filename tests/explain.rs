@@ -24,7 +24,7 @@ fn shipped() -> (Config, Arc<GeoDb>) {
         .get_or_init(|| {
             let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mirrors.toml");
             let config = Config::load(&path).unwrap();
-            let geo = Arc::new(GeoDb::open(&config.geoip).unwrap());
+            let geo = Arc::new(GeoDb::open_all(&config.geoip).unwrap());
             (config, geo)
         })
         .clone()

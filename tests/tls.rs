@@ -209,7 +209,7 @@ fn tls_clients_get_the_nearest_https_mirror() {
     let path = dir.path().join("mirrors.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
-    let geo = Arc::new(GeoDb::open(&config.geoip).unwrap());
+    let geo = Arc::new(GeoDb::open_all(&config.geoip).unwrap());
     let table = Table::from_config(&config.mirrors, Status::assumed_up(), config.selection);
     let frontend = Frontend::new(Routing::new(&config, geo, table).share());
     let req = Request::get(PKG).body(()).unwrap();

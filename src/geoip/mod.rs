@@ -18,21 +18,28 @@ use serde::Deserialize;
 use crate::geo::{self, Coord, Country};
 use v4::V4Table;
 
-/// An open database, held in memory.
+/// An open database, held in memory; possibly several files (ip-location-db
+/// ships one per family), looked up in order.
 pub struct GeoDb {
     reader: Reader<Vec<u8>>,
     /// `None` when the database has no IPv4 ranges or too many to copy.
     v4: Option<V4Table>,
     path: PathBuf,
+    /// The next file, asked when this one knows nothing of an address.
+    next: Option<Box<GeoDb>>,
 }
 
 /// Why a database could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("geoip database {}", path.display())]
-pub struct GeoIpError {
-    path: PathBuf,
-    #[source]
-    source: maxminddb::MaxMindDbError,
+pub enum GeoIpError {
+    #[error("geoip database {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("geoip: no file has {family} networks ({files}); add one that does")]
+    Coverage { family: &'static str, files: String },
 }
 
 /// What the database says about one address.
@@ -130,7 +137,7 @@ impl<'de> Deserialize<'de> for Number {
 impl GeoDb {
     /// Opens and checks a database file.
     pub fn open(path: &Path) -> Result<GeoDb, GeoIpError> {
-        let err = |source| GeoIpError {
+        let err = |source| GeoIpError::Open {
             path: path.to_path_buf(),
             source,
         };
@@ -140,7 +147,7 @@ impl GeoDb {
 
     /// Opens a database held in memory (tests, generated databases).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, GeoIpError> {
-        let reader = Reader::from_source(bytes).map_err(|source| GeoIpError {
+        let reader = Reader::from_source(bytes).map_err(|source| GeoIpError::Open {
             path: PathBuf::from("<memory>"),
             source,
         })?;
@@ -149,7 +156,60 @@ impl GeoDb {
 
     fn new(reader: Reader<Vec<u8>>, path: PathBuf) -> GeoDb {
         let v4 = V4Table::build(|ip| network_of(&reader, ip));
-        GeoDb { reader, v4, path }
+        GeoDb {
+            reader,
+            v4,
+            path,
+            next: None,
+        }
+    }
+
+    /// Opens `paths` as one database, each file asked in order until one
+    /// knows the address. Together they must hold IPv4 and IPv6 networks:
+    /// a family nobody covers would leave its clients unplaced, silently.
+    pub fn open_all(paths: &[PathBuf]) -> Result<GeoDb, GeoIpError> {
+        let mut files = paths
+            .iter()
+            .map(|p| GeoDb::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names = || {
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (family, net) in [("IPv4", "0.0.0.0/0"), ("IPv6", "2000::/3")] {
+            let net: ipnetwork::IpNetwork = net.parse().expect("a valid network");
+            if !files.iter().any(|f| f.has_networks_in(net)) {
+                return Err(GeoIpError::Coverage {
+                    family,
+                    files: names(),
+                });
+            }
+        }
+        let mut db = files.pop().ok_or_else(|| GeoIpError::Coverage {
+            family: "any",
+            files: "none given".into(),
+        })?;
+        while let Some(mut f) = files.pop() {
+            f.next = Some(Box::new(db));
+            db = f;
+        }
+        Ok(db)
+    }
+
+    /// Whether the file has a record for some network in `net`.
+    fn has_networks_in(&self, net: ipnetwork::IpNetwork) -> bool {
+        let Ok(mut within) = self.reader.within(net, Default::default()) else {
+            return false;
+        };
+        within.any(|r| r.is_ok_and(|found| found.has_data()))
+    }
+
+    /// Every file, in lookup order.
+    pub fn files(&self) -> impl Iterator<Item = &GeoDb> {
+        std::iter::successors(Some(self), |f| f.next.as_deref())
     }
 
     /// How many IPv4 ranges the flat table holds (0 without one).
@@ -169,23 +229,33 @@ impl GeoDb {
     /// The credit a page showing its results must carry, as HTML: DB-IP's
     /// licence asks web pages for a link back.
     pub fn attribution(&self) -> Option<&'static str> {
-        let t = self.database_type().to_ascii_lowercase();
-        (t.contains("dbip") || t.contains("db-ip"))
-            .then_some("<a href=\"https://db-ip.com\">IP Geolocation by DB-IP</a>")
+        let dbip = self.files().any(|f| {
+            let t = f.database_type().to_ascii_lowercase();
+            t.contains("dbip") || t.contains("db-ip")
+        });
+        dbip.then_some("<a href=\"https://db-ip.com\">IP Geolocation by DB-IP</a>")
     }
 
-    /// When the database was built, seconds since the UNIX epoch.
+    /// When the database was built (the newest of its files), seconds
+    /// since the UNIX epoch.
     pub fn build_epoch(&self) -> u64 {
-        self.reader.metadata().build_epoch
+        self.files()
+            .map(|f| f.reader.metadata().build_epoch)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Where `ip` is. A lookup failure (a corrupt record, an IPv6 address in
     /// an IPv4-only database) means an unknown location, never an error: the
     /// client is still served, just not by proximity.
     pub fn lookup(&self, ip: IpAddr) -> Location {
-        match (ip.to_canonical(), &self.v4) {
+        let here = match (ip.to_canonical(), &self.v4) {
             (IpAddr::V4(a), Some(table)) => table.lookup(a),
             (ip, _) => self.tree_lookup(ip),
+        };
+        match &self.next {
+            Some(next) if here == Location::UNKNOWN => next.lookup(ip),
+            _ => here,
         }
     }
 
@@ -256,6 +326,38 @@ impl Record<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_asked_in_order_and_must_cover_both_families() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, net: &str, cc: &str| {
+            let mut w = mmdb_writer::Writer::new("Test");
+            let record = serde_json::json!({ "country_code": cc });
+            w.insert(net.parse::<ipnet::IpNet>().unwrap(), &record)
+                .unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
+            path
+        };
+        let v4 = write("v4.mmdb", "1.0.0.0/8", "FR");
+        let v6 = write("v6.mmdb", "2a00::/12", "DE");
+        let err = GeoDb::open_all(std::slice::from_ref(&v4)).err().unwrap();
+        let err = err.to_string();
+        assert!(
+            err.contains("no file has IPv6 networks") && err.contains("v4.mmdb"),
+            "{err}"
+        );
+        let db = GeoDb::open_all(&[v4, v6]).unwrap();
+        assert_eq!(db.files().count(), 2);
+        let country = |ip: &str| {
+            db.lookup(ip.parse().unwrap())
+                .country
+                .map(|c| c.to_string())
+        };
+        assert_eq!(country("1.2.3.4").as_deref(), Some("FR"));
+        assert_eq!(country("2a00::1").as_deref(), Some("DE"));
+        assert_eq!(country("9.9.9.9"), None);
+    }
 
     /// The flat table answers exactly what the tree does, on the shipped
     /// database (real data: hundreds of thousands of IPv4 ranges).
