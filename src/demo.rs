@@ -42,8 +42,8 @@ const CLIENTS: &[(&str, &str)] = &[
     ("8.8.8.8", "Google DNS, US"),
     ("200.160.2.3", "NIC.br, Brazil"),
     ("202.12.27.33", "WIDE, Japan"),
-    ("1.1.1.1", "APNIC/Cloudflare, Australia"),
-    ("196.216.2.1", "AFRINIC, Mauritius"),
+    ("2001:dc0:2001:11::194", "APNIC, Brisbane"),
+    ("196.216.2.1", "AFRINIC, Johannesburg"),
 ];
 
 fn tree_with(flaw: Flaw, releases: &[String]) -> Tree {
@@ -123,7 +123,7 @@ pub async fn run(
             m.name,
             m.base,
             m.status.health.to_string(),
-            m.status.reason
+            m.status.summary()
         );
     }
     println!(
@@ -214,7 +214,7 @@ async fn show_clients(addr: SocketAddr) -> Result<(), DemoError> {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        println!("  {ip:<18} {what:<28} -> {} {to}", r.status().as_u16());
+        println!("  {ip:<22} {what:<28} -> {} {to}", r.status().as_u16());
     }
     Ok(())
 }
