@@ -10,7 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::explain::explain;
 use crate::geoip::{GeoDb, GeoIpError};
 use crate::probe::{self, RoundRow, check::ProbeError};
-use crate::table::{Mirror, Status, Table};
+use crate::table::{Status, Table};
 
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +44,18 @@ pub async fn probe_table(config: &Config) -> Result<(Table, Vec<RoundRow>), Comm
             source,
         })?;
     let rows = round.rows;
-    let mirrors = config
-        .mirrors
-        .iter()
-        .map(|m| {
-            let status = rows.iter().find(|r| r.name == m.name);
-            let status = status.map_or_else(Status::unprobed, |r| r.status.clone());
-            Mirror::from_config(m, status)
-        })
-        .collect();
-    let table = Table::with_origin(mirrors, config.selection, &config.releases, &round.origin);
+    let status_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map_or_else(Status::unprobed, |r| r.status.clone())
+    };
+    let table = Table::probed(
+        &config.mirrors,
+        status_of,
+        config.selection,
+        &config.releases,
+        &round.origin,
+    );
     Ok((table, rows))
 }
 

@@ -334,7 +334,7 @@ fn mirrorlist<B>(
         derivation,
         release_path,
     );
-    if !policy.is_release_path(path) {
+    if release_path.is_none() {
         e.not_release(&policy.origin);
     }
     let json = req

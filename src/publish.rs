@@ -22,7 +22,7 @@ use crate::probe::board::Board;
 use crate::probe::{Probed, Prober};
 use crate::routing::{Policy, ReloadError, ReloadStatus, Routing, SharedRouting};
 use crate::stats::Tally;
-use crate::table::{Mirror, Status, Table};
+use crate::table::{Status, Table};
 use crate::tls::{self, Certs};
 use crate::watch::FileWatch;
 
@@ -276,14 +276,8 @@ impl Publisher {
         let origin = self.origin.clone();
         // Building the index takes milliseconds for big tables.
         let built = blocking(move || {
-            let mirrors = mirrors
-                .iter()
-                .map(|m| {
-                    let status = statuses.get(m.name.as_str()).cloned();
-                    Mirror::from_config(m, status.unwrap_or_else(Status::unprobed))
-                })
-                .collect();
-            Table::with_origin(mirrors, band, &releases, &origin)
+            let status_of = |n: &str| statuses.get(n).cloned().unwrap_or_else(Status::unprobed);
+            Table::probed(&mirrors, status_of, band, &releases, &origin)
         })
         .await;
         let table = match built {

@@ -290,13 +290,23 @@ impl Table {
         status_of: impl Fn(&str) -> Status,
         band: Selection,
     ) -> Table {
-        Table::new(
-            mirrors
-                .iter()
-                .map(|m| Mirror::from_config(m, status_of(&m.name)))
-                .collect(),
-            band,
-        )
+        Table::probed(mirrors, status_of, band, &[], &[])
+    }
+
+    /// The same, with per-file candidate sets judged against the origin's
+    /// current trees ([`Table::with_origin`]).
+    pub fn probed(
+        mirrors: &[config::Mirror],
+        status_of: impl Fn(&str) -> Status,
+        band: Selection,
+        releases: &[String],
+        origin: &[OriginTree],
+    ) -> Table {
+        let mirrors = mirrors
+            .iter()
+            .map(|m| Mirror::from_config(m, status_of(&m.name)))
+            .collect();
+        Table::with_origin(mirrors, band, releases, origin)
     }
 
     pub fn mirrors(&self) -> &[Mirror] {
@@ -327,11 +337,6 @@ impl Table {
     /// Which candidate set each file belongs to.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
-    }
-
-    /// How many distinct candidate sets (and so views) the table holds.
-    pub fn set_count(&self) -> usize {
-        self.sets.len()
     }
 
     pub fn band(&self) -> &Selection {

@@ -650,12 +650,15 @@ async fn known_listing(
     if let Some(l) = interner.get(&hash) {
         return Ok(Ok(l));
     }
-    let body = match body {
-        Some(b) => b,
-        None => at.body(path).await?.1,
+    let (hash, body) = match body {
+        Some(b) => (hash, b),
+        // Fetched again: hashed again, as it may have changed since.
+        None => {
+            let b = at.body(path).await?.1;
+            (Sha256::digest(&b).into(), b)
+        }
     };
-    let got: [u8; 32] = Sha256::digest(&body).into();
-    Ok(interner.intern(got, &body, path))
+    Ok(interner.intern(hash, &body, path))
 }
 
 /// How many of a lagging index's newest images its sample is drawn from.

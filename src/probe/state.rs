@@ -77,10 +77,6 @@ impl MirrorState {
         }
     }
 
-    pub fn trees(&self) -> Option<&Arc<[TreeStatus]>> {
-        self.trees.as_ref()
-    }
-
     /// Takes in one round's result; returns the transition if health changed.
     ///
     /// A round that passes every check but whose latency average is over
