@@ -142,7 +142,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
     let acceptor = match &certs {
-        Some(c) => Some(TlsAcceptor::from(tls::server_config(c.clone())?)),
+        Some(c) => Some(server::Tls {
+            acceptor: TlsAcceptor::from(tls::server_config(c.clone())?),
+            handshakes: Arc::new(server::Handshakes::new(
+                config.server.tls_handshakes,
+                config.server.tls_handshakes_per_client,
+            )),
+        }),
         None => None,
     };
     // Until the first round verifies a mirror, everything goes to the origin.
@@ -283,7 +289,7 @@ fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Rec
 /// One set of listening sockets and what it serves.
 struct AcceptLoop {
     /// Each socket, the TLS it speaks, and whether it is an admin socket.
-    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>, bool)>,
+    listeners: Vec<(std::net::TcpListener, Option<server::Tls>, bool)>,
     frontend: Arc<Frontend>,
     limits: config::Server,
     permits: Arc<Semaphore>,

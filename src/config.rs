@@ -122,6 +122,11 @@ pub struct Server {
     pub max_header_bytes: usize,
     /// The longest request target (path and query) accepted; past it `414`.
     pub max_target_bytes: usize,
+    /// TLS handshakes in progress at once; more wait for a place.
+    pub tls_handshakes: usize,
+    /// TLS handshakes in progress from one client network (an IPv4
+    /// address, an IPv6 /64); more are closed at once.
+    pub tls_handshakes_per_client: u16,
 }
 
 impl Default for Server {
@@ -134,6 +139,8 @@ impl Default for Server {
             http2_max_streams: 1000,
             max_header_bytes: 16 * 1024,
             max_target_bytes: 8 * 1024,
+            tls_handshakes: 1024,
+            tls_handshakes_per_client: 64,
         }
     }
 }
@@ -237,6 +244,8 @@ struct RawServer {
     http2_max_streams: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
     max_target_bytes: Option<Spanned<i64>>,
+    tls_handshakes: Option<Spanned<i64>>,
+    tls_handshakes_per_client: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -766,6 +775,20 @@ fn server(src: &Src, raw: RawServer) -> Result<Server, ConfigError> {
             d.max_target_bytes,
             256..1_048_577,
         )?,
+        tls_handshakes: count(
+            src,
+            "server.tls_handshakes",
+            raw.tls_handshakes,
+            d.tls_handshakes,
+            1..1_000_001,
+        )?,
+        tls_handshakes_per_client: count(
+            src,
+            "server.tls_handshakes_per_client",
+            raw.tls_handshakes_per_client,
+            d.tls_handshakes_per_client as usize,
+            1..65_536,
+        )? as u16,
     })
 }
 

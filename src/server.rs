@@ -40,10 +40,21 @@ use tokio_rustls::TlsAcceptor;
 use crate::config;
 use crate::frontend::{Conn, Frontend};
 
+mod handshakes;
+pub use handshakes::Handshakes;
+
+/// What a TLS listener speaks, and the caps on its handshakes, which all
+/// TLS listeners of the service share.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub handshakes: Arc<Handshakes>,
+}
+
 /// A listening socket, and the TLS it speaks, if any.
 pub struct Listener {
     pub socket: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Tls>,
     /// The admin listener: metrics and status pages only.
     pub admin: bool,
 }
@@ -186,10 +197,10 @@ pub async fn run(
             }
             // The handshake runs in the connection's task, after the
             // permit: a slow handshake holds its own slot, not the loop.
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(tls) => {
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    task.serve_tls(acceptor, stream).await;
+                    task.serve_tls(tls, stream).await;
                     drop(permit);
                 });
             }
@@ -222,13 +233,19 @@ impl Task {
         drain(conn, Some(&busy), self.stop, |c| c.graceful_shutdown()).await;
     }
 
-    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+    async fn serve_tls(self, tls: Tls, stream: TcpStream) {
         let (io, busy) = Tracked::new(stream);
-        let handshake = acceptor.accept(io);
+        // The timeout covers the wait for a place too: a client is owed an
+        // answer within it, however busy the others keep the service.
+        let handshake = async {
+            let _slot = tls.handshakes.enter(self.peer.ip()).await?;
+            tls.acceptor.accept(io).await.ok()
+        };
         let stream = match tokio::time::timeout(self.protocols.handshake_timeout, handshake).await {
-            Ok(Ok(s)) => s,
-            // A client that never finishes, or speaks something else.
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Some(s)) => s,
+            // Its network holds too many handshakes, it never finished, or
+            // it speaks something else.
+            Ok(None) | Err(_) => return,
         };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let service = self.service(true);

@@ -38,8 +38,13 @@ fn write_cert(dir: &Path) -> CertificateDer<'static> {
 
 /// The world fixture with an HTTPS listener using the certificate in `dir`.
 async fn tls_fixture(dir: &Path) -> Fixture {
+    tls_fixture_with(dir, "").await
+}
+
+/// The same, with these `[server]` settings.
+async fn tls_fixture_with(dir: &Path, server: &str) -> Fixture {
     let extra = format!(
-        "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[server]\n{server}\n[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n",
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
@@ -284,4 +289,51 @@ async fn a_broken_certificate_is_refused_and_the_old_one_serves() {
     assert!(e.contains("key.pem"), "{e}");
     let mut tls = connect(tls_addr(&f), &first, b"http/1.1").await;
     assert!(get_h1(&mut tls, "").await.starts_with("HTTP/1.1 302"));
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Clients of one network that open TLS and never finish the handshake
+/// hold at most `tls_handshakes_per_client` places: the next from that
+/// network is closed at once (long before the handshake timeout), and a
+/// client from another network is served while they stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_from_one_network_do_not_starve_others() {
+    let certs = tempfile::tempdir().unwrap();
+    let root = write_cert(certs.path());
+    let server = "header_timeout = \"60s\"\ntls_handshakes = 8\ntls_handshakes_per_client = 4";
+    let f = tls_fixture_with(certs.path(), server).await;
+    let addr = tls_addr(&f);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(connect_from("127.0.0.2", addr).await);
+    }
+    let mut fifth = connect_from("127.0.0.2", addr).await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(20), fifth.read(&mut byte))
+        .await
+        .expect("the fifth is closed at once, not after the 60 s timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    let mut tls = connect(addr, &root, b"http/1.1").await;
+    assert!(get_h1(&mut tls, "").await.starts_with("HTTP/1.1 302"));
+    // The stalled ones are still open: what refused the fifth was their
+    // network's cap, not a timeout.
+    for s in &mut stalled {
+        let r = tokio::time::timeout(Duration::from_millis(50), s.read(&mut byte)).await;
+        assert!(r.is_err(), "a stalled handshake was closed: {r:?}");
+    }
+    // Once one gives up, its network has a place again.
+    drop(stalled.pop());
+    let root = &root;
+    f.eventually("a place for 127.0.0.2", || async move {
+        let tcp = connect_from("127.0.0.2", addr).await;
+        presented(tcp, root).await.then_some(())
+    })
+    .await;
 }
