@@ -155,7 +155,8 @@ impl GeoDb {
     }
 
     fn new(reader: Reader<Vec<u8>>, path: PathBuf) -> GeoDb {
-        let v4 = V4Table::build(|ip| network_of(&reader, ip));
+        let networks = u64::from(reader.metadata().node_count) + 1;
+        let v4 = V4Table::build(networks, |ip| network_of(&reader, ip));
         GeoDb {
             reader,
             v4,
@@ -200,11 +201,25 @@ impl GeoDb {
     }
 
     /// Whether the file has a record for some network in `net`.
+    ///
+    /// Networks without data are yielded too, so that the walk can be
+    /// bounded: a corrupt tree whose nodes share children can hold 2^128
+    /// empty paths, and skipping them silently would never return. The
+    /// first error (a cycle) ends the walk.
     fn has_networks_in(&self, net: ipnetwork::IpNetwork) -> bool {
-        let Ok(mut within) = self.reader.within(net, Default::default()) else {
+        const LOOK_AT: usize = 1 << 20;
+        let options = maxminddb::WithinOptions::default().include_networks_without_data();
+        let Ok(within) = self.reader.within(net, options) else {
             return false;
         };
-        within.any(|r| r.is_ok_and(|found| found.has_data()))
+        for found in within.take(LOOK_AT) {
+            match found {
+                Ok(f) if f.has_data() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Every file, in lookup order.

@@ -38,23 +38,36 @@ impl V4Table {
     /// which answers the network (first address, prefix length) holding an
     /// address, the record's key (data offset; `None` without data) and its
     /// location. `None` when the database has no IPv4 ranges of its own or
-    /// too many.
+    /// too many, or when the walk meets more than `networks` networks.
+    ///
+    /// A search tree of N nodes has at most N + 1 networks, so the caller
+    /// bounds the walk by the tree's node count: a corrupt tree whose nodes
+    /// point back at each other ends every lookup at a /32 without data,
+    /// and walking its 2^32 addresses one by one would hang the load (found
+    /// by fuzzing, `fuzz/README.md`).
     pub fn build(
+        networks: u64,
         network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>, Location)>,
     ) -> Option<V4Table> {
-        V4Table::build_capped(network_of, MAX_RANGES)
+        V4Table::build_capped(network_of, MAX_RANGES, networks)
     }
 
     fn build_capped(
         mut network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>, Location)>,
         cap: usize,
+        networks: u64,
     ) -> Option<V4Table> {
         let mut starts = Vec::new();
         let mut ids: Vec<u32> = Vec::new();
         let mut locations = vec![Location::UNKNOWN];
         let mut by_offset: HashMap<usize, u32> = HashMap::new();
         let mut next: u64 = 0;
+        let mut walked = 0;
         while next <= u64::from(u32::MAX) {
+            walked += 1;
+            if walked > networks {
+                return None;
+            }
             let (prefix, offset, location) = network_of(Ipv4Addr::from(next as u32))?;
             let id = match offset {
                 None => 0,
@@ -181,7 +194,7 @@ mod tests {
     fn every_boundary_and_random_address_agrees_with_the_blocks() {
         for seed in 1..20 {
             let blocks = blocks(seed);
-            let table = V4Table::build(|ip| {
+            let table = V4Table::build(u64::MAX, |ip| {
                 let (prefix, key) = find(&blocks, ip.into());
                 Some((prefix, key, location(key)))
             })
@@ -212,13 +225,21 @@ mod tests {
             let (prefix, key) = find(&blocks, ip.into());
             Some((prefix, key, location(key)))
         };
-        let ranges = V4Table::build(network_of).expect("a table").ranges();
-        assert!(V4Table::build_capped(network_of, ranges).is_some());
-        assert!(V4Table::build_capped(network_of, ranges - 1).is_none());
+        let ranges = V4Table::build(u64::MAX, network_of)
+            .expect("a table")
+            .ranges();
+        assert!(V4Table::build_capped(network_of, ranges, u64::MAX).is_some());
+        assert!(V4Table::build_capped(network_of, ranges - 1, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn a_tree_of_endless_single_addresses_is_not_walked_to_the_end() {
+        let endless = |_| Some((32, None, Location::UNKNOWN));
+        assert!(V4Table::build(1000, endless).is_none());
     }
 
     #[test]
     fn a_database_without_ipv4_ranges_gets_no_table() {
-        assert!(V4Table::build(|_| None).is_none());
+        assert!(V4Table::build(u64::MAX, |_| None).is_none());
     }
 }
