@@ -33,6 +33,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub selection: Selection,
     pub probe: Probe,
+    /// `[probe] ca`: PEM certificates probes trust besides the system's
+    /// (mirrors behind a private CA; the tests' own CA).
+    pub probe_ca: Option<PathBuf>,
     pub server: Server,
     /// Where the origin is, if known: the distance clients sent there
     /// travel, on the status page's coverage map.
@@ -86,6 +89,9 @@ pub struct Probe {
     pub rise: u32,
     pub sample: usize,
     pub concurrency: usize,
+    /// The largest index (`meta.binaryproto`) read from the origin or a
+    /// mirror; a larger one is not read, and the reason says so.
+    pub max_index_bytes: u64,
 }
 
 impl Default for Probe {
@@ -98,6 +104,7 @@ impl Default for Probe {
             rise: 2,
             sample: 3,
             concurrency: 32,
+            max_index_bytes: 64 << 20,
         }
     }
 }
@@ -232,6 +239,8 @@ struct RawProbe {
     rise: Option<Spanned<i64>>,
     sample: Option<Spanned<i64>>,
     concurrency: Option<Spanned<i64>>,
+    max_index_bytes: Option<Spanned<i64>>,
+    ca: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -362,6 +371,12 @@ impl Config {
             geoip: geoip(&src, base, &raw.geoip)?,
             trusted_proxies: trusted_proxies(&src, &raw.trusted_proxies)?,
             selection: selection(&src, raw.selection)?,
+            probe_ca: raw
+                .probe
+                .ca
+                .as_ref()
+                .map(|ca| pem_certificates(&src, base, "probe.ca", ca))
+                .transpose()?,
             probe: probe(&src, raw.probe)?,
             server: server(&src, raw.server)?,
             origin_at: origin_at(&src, raw.origin_lat, raw.origin_lon)?,
@@ -608,6 +623,26 @@ fn readable_file(
     readable_path(src, base, key, raw.span(), raw.get_ref())
 }
 
+/// A readable PEM file with at least one certificate.
+fn pem_certificates(
+    src: &Src,
+    base: &Path,
+    key: &str,
+    raw: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = readable_file(src, base, key, raw)?;
+    let certs = CertificateDer::pem_file_iter(&path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| src.err(raw.span(), key, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        let msg = format!("{}: no certificate in the file", path.display());
+        return Err(src.err(raw.span(), key, msg));
+    }
+    Ok(path)
+}
+
 fn readable_path(
     src: &Src,
     base: &Path,
@@ -727,6 +762,13 @@ fn probe(src: &Src, raw: RawProbe) -> Result<Probe, ConfigError> {
             d.concurrency,
             1..10_001,
         )?,
+        max_index_bytes: count(
+            src,
+            "probe.max_index_bytes",
+            raw.max_index_bytes,
+            d.max_index_bytes as usize,
+            1024..(1 << 32),
+        )? as u64,
     })
 }
 

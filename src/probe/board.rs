@@ -118,7 +118,7 @@ pub fn kind(e: &ProbeError) -> &'static str {
         ProbeError::Stale { .. } => "stale",
         ProbeError::Status { .. } => "http_status",
         ProbeError::Slow { .. } => "slow",
-        ProbeError::Decode { .. } => "decode",
+        ProbeError::Decode { .. } | ProbeError::TooLarge { .. } => "decode",
         ProbeError::Other(_) => "other",
     }
 }

@@ -35,6 +35,8 @@ pub enum ProbeError {
     Slow { average: Duration, limit: Duration },
     #[error("{path}: cannot decode: {detail}")]
     Decode { path: String, detail: String },
+    #[error("{path}: larger than max_index_bytes ({limit} bytes)")]
+    TooLarge { path: String, limit: u64 },
     #[error("request failed: {0}")]
     Other(String),
 }
@@ -86,9 +88,26 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// The probe's HTTP client: no redirects followed (a mirror must serve the
 /// files itself), no proxies, every request bounded by `timeout`.
 pub fn client(timeout: Duration) -> Client {
+    client_trusting(timeout, None)
+}
+
+/// The same, trusting the certificates in the PEM file `ca` besides the
+/// system's (the config checked the file; one unreadable since is logged
+/// and left out).
+pub fn client_trusting(timeout: Duration, ca: Option<&std::path::Path>) -> Client {
     // Several parts of a process may build clients; only the first install counts.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let extra = ca.map_or_else(Vec::new, |path| {
+        std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                tracing::warn!(ca = %path.display(), cause = %e, "probe CA file left out");
+                Vec::new()
+            })
+    });
     Client::builder()
+        .tls_certs_merge(extra)
         .user_agent(concat!(
             "distri-redirector/",
             env!("CARGO_PKG_VERSION"),
@@ -100,6 +119,22 @@ pub fn client(timeout: Duration) -> Client {
         .connect_timeout(timeout)
         .build()
         .expect("a client with these settings always builds")
+}
+
+/// What bounds each probe request: its time, and the size of a body read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bounds {
+    pub timeout: Duration,
+    pub max_body: u64,
+}
+
+impl Bounds {
+    pub fn of(p: &crate::config::Probe) -> Bounds {
+        Bounds {
+            timeout: p.timeout,
+            max_body: p.max_index_bytes,
+        }
+    }
 }
 
 /// The origin's state of one tree of one release, as mirrors must match it.
@@ -257,20 +292,37 @@ fn expect_ok(r: &Response, path: &str) -> Result<(), ProbeError> {
     }
 }
 
+/// A body of at most `bounds.max_body` bytes: a larger one is refused by
+/// its announced length, or as soon as it grows past it, so that a server
+/// sending gigabytes costs the prober no more than the bound.
 async fn fetch_body(
     http: &Client,
     base: &str,
     path: &str,
-    timeout: Duration,
+    bounds: Bounds,
 ) -> Result<(Validator, bytes::Bytes), ProbeError> {
-    let r = send(http, Method::GET, base, path, timeout).await?;
+    let mut r = send(http, Method::GET, base, path, bounds.timeout).await?;
     expect_ok(&r, path)?;
     let v = Validator::of(&r);
-    let body = r
-        .bytes()
+    let too_large = || ProbeError::TooLarge {
+        path: path.to_string(),
+        limit: bounds.max_body,
+    };
+    if r.content_length().is_some_and(|n| n > bounds.max_body) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = r
+        .chunk()
         .await
-        .map_err(|e| ProbeError::from_reqwest(e, timeout))?;
-    Ok((v, body))
+        .map_err(|e| ProbeError::from_reqwest(e, bounds.timeout))?
+    {
+        if (body.len() + chunk.len()) as u64 > bounds.max_body {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((v, body.freeze()))
 }
 
 /// Sizes of the origin's package images, by path: they never change.
@@ -293,7 +345,7 @@ pub async fn fetch_origin(
     origin: &str,
     releases: &[String],
     sample: usize,
-    timeout: Duration,
+    bounds: Bounds,
     prev: Option<&OriginSnapshot>,
     cache: &mut OriginCache,
     interner: &Interner,
@@ -305,7 +357,7 @@ pub async fn fetch_origin(
             let at = Place {
                 http,
                 base: origin,
-                timeout,
+                bounds,
             };
             match fetch_tree(&at, release, tree, sample, old, cache, interner).await? {
                 Some(t) => out.push(t),
@@ -326,16 +378,23 @@ pub async fn fetch_origin(
 struct Place<'a> {
     http: &'a Client,
     base: &'a str,
-    timeout: Duration,
+    bounds: Bounds,
 }
 
 impl Place<'_> {
     async fn head(&self, path: &str) -> Result<Response, ProbeError> {
-        send(self.http, Method::HEAD, self.base, path, self.timeout).await
+        send(
+            self.http,
+            Method::HEAD,
+            self.base,
+            path,
+            self.bounds.timeout,
+        )
+        .await
     }
 
     async fn body(&self, path: &str) -> Result<(Validator, bytes::Bytes), ProbeError> {
-        fetch_body(self.http, self.base, path, self.timeout).await
+        fetch_body(self.http, self.base, path, self.bounds).await
     }
 }
 
@@ -483,15 +542,11 @@ pub async fn check_mirror(
     base: &str,
     origin: &OriginSnapshot,
     sample: &mut impl FnMut(usize) -> Vec<usize>,
-    timeout: Duration,
+    bounds: Bounds,
     cache: &mut MirrorCache,
     interner: &Interner,
 ) -> Report {
-    let at = Place {
-        http,
-        base,
-        timeout,
-    };
+    let at = Place { http, base, bounds };
     let mut latency = None;
     let mut trees = Vec::with_capacity(origin.trees.len());
     let mut result = Ok(());
@@ -587,7 +642,28 @@ async fn check_tree(
     } else {
         match known_listing(at, &path, hash, body, interner).await? {
             Ok(l) => l,
-            Err(e) => return Ok(status(TreeState::Unverified, e.to_string(), previous)),
+            Err(e) => {
+                // An index that cannot be read (a truncated copy, or a
+                // captive portal's page): the previous one holds only while
+                // a sample of its images still checks out, by status and
+                // by the origin's sizes; a portal answers 200 for those too.
+                let mut detail = e.to_string();
+                let previous = match previous {
+                    Some(p) => {
+                        let pool = behind_pool(idx, &p, None);
+                        match first_gap(at, &pool, &sample(pool.len())).await? {
+                            None => Some(p),
+                            Some(gap) => {
+                                cache.verified.remove(&path);
+                                detail = format!("{detail}; its previous index: {gap}");
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                return Ok(status(TreeState::Unverified, detail, previous));
+            }
         }
     };
     let pool: Vec<(String, Option<u64>)> = if fresh {

@@ -18,6 +18,7 @@ pub mod check;
 pub mod state;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -80,7 +81,7 @@ struct Task {
 /// Probing in the background; dropping it stops every probe task.
 pub struct Prober {
     /// The probe client and the timeout it was built with.
-    http: Option<(Duration, Client)>,
+    http: Option<(Duration, Option<PathBuf>, Client)>,
     origin_tx: watch::Sender<Option<Arc<OriginSnapshot>>>,
     origin: Option<(Target, AbortHandle)>,
     mirrors: HashMap<Arc<str>, Task>,
@@ -141,7 +142,7 @@ impl Prober {
             self.stop_all();
             return Vec::new();
         }
-        let http = self.client(config.probe.timeout);
+        let http = self.client(config.probe.timeout, config.probe_ca.as_deref());
         let origin_target = Target {
             url: config.origin.clone(),
             origin: config.origin.clone(),
@@ -229,13 +230,14 @@ impl Prober {
         self.mirrors.insert(name, task);
     }
 
-    /// The HTTP client for this timeout, made anew when it changes.
-    fn client(&mut self, timeout: Duration) -> Client {
+    /// The HTTP client for this timeout and CA file, made anew when either
+    /// changes.
+    fn client(&mut self, timeout: Duration, ca: Option<&Path>) -> Client {
         match &self.http {
-            Some((t, c)) if *t == timeout => c.clone(),
+            Some((t, a, c)) if *t == timeout && a.as_deref() == ca => c.clone(),
             _ => {
-                let c = check::client(timeout);
-                self.http = Some((timeout, c.clone()));
+                let c = check::client_trusting(timeout, ca);
+                self.http = Some((timeout, ca.map(Path::to_path_buf), c.clone()));
                 c
             }
         }
@@ -274,7 +276,7 @@ async fn follow_origin(
             &config.origin,
             &config.releases,
             p.sample,
-            p.timeout,
+            check::Bounds::of(&p),
             prev.as_deref(),
             &mut cache,
             &interner,
@@ -389,7 +391,8 @@ async fn round(
     interner: &Interner,
 ) -> Report {
     let mut sample = |len: usize| sample_indices(len, p.sample);
-    check::check_mirror(http, base, origin, &mut sample, p.timeout, cache, interner).await
+    let bounds = check::Bounds::of(p);
+    check::check_mirror(http, base, origin, &mut sample, bounds, cache, interner).await
 }
 
 /// `k` distinct indices below `len`: always the newest (0), the rest at random.
@@ -433,14 +436,14 @@ pub struct Round {
 /// concurrency bound. Fails only when the origin cannot be read.
 pub async fn run_once(config: &Config) -> Result<Round, ProbeError> {
     let p = config.probe;
-    let http = check::client(p.timeout);
+    let http = check::client_trusting(p.timeout, config.probe_ca.as_deref());
     let interner = Arc::new(Interner::default());
     let origin = check::fetch_origin(
         &http,
         &config.origin,
         &config.releases,
         p.sample,
-        p.timeout,
+        check::Bounds::of(&p),
         None,
         &mut OriginCache::default(),
         &interner,

@@ -214,6 +214,17 @@ impl Fixture {
     }
 
     pub async fn start_with(mirrors: Vec<MirrorSpec>, trees: Vec<Tree>, opts: Options) -> Fixture {
+        Fixture::start_beside(mirrors, trees, Vec::new(), opts).await
+    }
+
+    /// Mirrors serving `trees`, and after them `others`: mirrors served by
+    /// something else, at these base URLs.
+    pub async fn start_beside(
+        mut mirrors: Vec<MirrorSpec>,
+        trees: Vec<Tree>,
+        others: Vec<(MirrorSpec, String)>,
+        opts: Options,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("test.mmdb");
         if opts.flat_db {
@@ -226,7 +237,11 @@ impl Fixture {
         for t in trees {
             servers.push(MiniServer::start(t).await.unwrap());
         }
-        let urls: Vec<String> = servers.iter().map(MiniServer::url).collect();
+        let mut urls: Vec<String> = servers.iter().map(MiniServer::url).collect();
+        for (spec, url) in others {
+            mirrors.push(spec);
+            urls.push(url);
+        }
         let text = config_text(&origin.url(), &opts, &mirrors, &urls);
         let path = dir.path().join("mirrors.toml");
         std::fs::write(&path, &text).unwrap();
@@ -235,7 +250,7 @@ impl Fixture {
         Fixture {
             dir,
             origin,
-            urls: servers.iter().map(MiniServer::url).collect(),
+            urls,
             mirrors: servers,
             names: mirrors.iter().map(|m| m.name).collect(),
             service: Some(service),
