@@ -212,6 +212,10 @@ fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     busy.write_all(REQUEST).unwrap();
     assert!(read_head(&mut busy).starts_with("HTTP/1.1 302"));
     busy.write_all(&REQUEST[..20]).unwrap();
+    // Only bytes the service has read make the connection busy; bytes
+    // still in its socket when the stop comes are a client that came too
+    // late (as with nginx). Wait for the read, not for a while.
+    wait_until_read(addr, &busy);
     service.signal("TERM");
     service.line_with("stopping");
     busy.write_all(&REQUEST[20..]).unwrap();
@@ -289,6 +293,34 @@ fn serving_resumes_after_running_out_of_file_descriptors() {
     let mut fresh = TcpStream::connect(addr).unwrap();
     fresh.write_all(REQUEST).unwrap();
     assert!(read_head(&mut fresh).starts_with("HTTP/1.1 302"));
+}
+
+/// Waits until the service has read everything `client` sent it: the
+/// receive queue of its end of the connection, in /proc/net/tcp, is empty.
+fn wait_until_read(server: SocketAddr, client: &TcpStream) {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("the test listens on IPv4"),
+    };
+    let (local, remote) = (hex(server), hex(client.local_addr().unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let queued = table.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+                .then(|| f[4].split(':').nth(1).unwrap().to_string())
+        });
+        if queued.as_deref() == Some("00000000") {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("the service never read the partial request");
 }
 
 /// Resident memory of a process, in KiB.
