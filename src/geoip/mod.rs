@@ -156,7 +156,15 @@ impl GeoDb {
 
     fn new(reader: Reader<Vec<u8>>, path: PathBuf) -> GeoDb {
         let networks = u64::from(reader.metadata().node_count) + 1;
-        let v4 = V4Table::build(networks, |ip| network_of(&reader, ip));
+        let v4 = V4Table::build(
+            networks,
+            |ip| network_of(&reader, ip),
+            |ip| {
+                reader
+                    .lookup(IpAddr::V4(ip))
+                    .map_or(Location::UNKNOWN, |found| decode(&found))
+            },
+        );
         GeoDb {
             reader,
             v4,
@@ -291,16 +299,16 @@ fn decode(found: &maxminddb::LookupResult<'_, Vec<u8>>) -> Location {
     }
 }
 
-/// The IPv4 network holding `ip` as (prefix length, record key, location),
-/// for the flat table; `None` if the tree has no IPv4 network for it (an
-/// IPv6 database without an IPv4 subtree) or the lookup fails.
-fn network_of(reader: &Reader<Vec<u8>>, ip: Ipv4Addr) -> Option<(u8, Option<usize>, Location)> {
+/// The IPv4 network holding `ip` as (prefix length, record key), for the
+/// flat table; `None` if the tree has no IPv4 network for it (an IPv6
+/// database without an IPv4 subtree) or the lookup fails.
+fn network_of(reader: &Reader<Vec<u8>>, ip: Ipv4Addr) -> Option<(u8, Option<usize>)> {
     let found = reader.lookup(IpAddr::V4(ip)).ok()?;
     let net = found.network().ok()?;
     if !net.is_ipv4() {
         return None;
     }
-    Some((net.prefix(), found.offset(), decode(&found)))
+    Some((net.prefix(), found.offset()))
 }
 
 impl Record<'_> {

@@ -45,15 +45,22 @@ impl V4Table {
     /// point back at each other ends every lookup at a /32 without data,
     /// and walking its 2^32 addresses one by one would hang the load (found
     /// by fuzzing, `fuzz/README.md`).
+    ///
+    /// `location_of` is asked once per distinct record, for an address in
+    /// its first network: a city database has millions of networks and far
+    /// fewer records, and decoding each network's record was most of the
+    /// time a load took (benches/RESULTS.md).
     pub fn build(
         networks: u64,
-        network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>, Location)>,
+        network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>)>,
+        location_of: impl FnMut(Ipv4Addr) -> Location,
     ) -> Option<V4Table> {
-        V4Table::build_capped(network_of, MAX_RANGES, networks)
+        V4Table::build_capped(network_of, location_of, MAX_RANGES, networks)
     }
 
     fn build_capped(
-        mut network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>, Location)>,
+        mut network_of: impl FnMut(Ipv4Addr) -> Option<(u8, Option<usize>)>,
+        mut location_of: impl FnMut(Ipv4Addr) -> Location,
         cap: usize,
         networks: u64,
     ) -> Option<V4Table> {
@@ -68,11 +75,12 @@ impl V4Table {
             if walked > networks {
                 return None;
             }
-            let (prefix, offset, location) = network_of(Ipv4Addr::from(next as u32))?;
+            let at = Ipv4Addr::from(next as u32);
+            let (prefix, offset) = network_of(at)?;
             let id = match offset {
                 None => 0,
                 Some(o) => *by_offset.entry(o).or_insert_with(|| {
-                    locations.push(location);
+                    locations.push(location_of(at));
                     (locations.len() - 1) as u32
                 }),
             };
@@ -194,10 +202,11 @@ mod tests {
     fn every_boundary_and_random_address_agrees_with_the_blocks() {
         for seed in 1..20 {
             let blocks = blocks(seed);
-            let table = V4Table::build(u64::MAX, |ip| {
-                let (prefix, key) = find(&blocks, ip.into());
-                Some((prefix, key, location(key)))
-            })
+            let table = V4Table::build(
+                u64::MAX,
+                |ip| Some(find(&blocks, ip.into())),
+                |ip| location(find(&blocks, ip.into()).1),
+            )
             .expect("a table");
             let mut probes: Vec<u32> = vec![0, u32::MAX, 0xFFFF, 0x1_0000];
             for &(start, prefix, _) in &blocks {
@@ -221,25 +230,24 @@ mod tests {
     #[test]
     fn a_database_over_the_cap_gets_no_table() {
         let blocks = blocks(7);
-        let network_of = |ip: Ipv4Addr| {
-            let (prefix, key) = find(&blocks, ip.into());
-            Some((prefix, key, location(key)))
-        };
-        let ranges = V4Table::build(u64::MAX, network_of)
+        let network_of = |ip: Ipv4Addr| Some(find(&blocks, ip.into()));
+        let location_of = |ip: Ipv4Addr| location(find(&blocks, ip.into()).1);
+        let ranges = V4Table::build(u64::MAX, network_of, location_of)
             .expect("a table")
             .ranges();
-        assert!(V4Table::build_capped(network_of, ranges, u64::MAX).is_some());
-        assert!(V4Table::build_capped(network_of, ranges - 1, u64::MAX).is_none());
+        let capped = |cap| V4Table::build_capped(network_of, location_of, cap, u64::MAX);
+        assert!(capped(ranges).is_some());
+        assert!(capped(ranges - 1).is_none());
     }
 
     #[test]
     fn a_tree_of_endless_single_addresses_is_not_walked_to_the_end() {
-        let endless = |_| Some((32, None, Location::UNKNOWN));
-        assert!(V4Table::build(1000, endless).is_none());
+        let endless = |_| Some((32, None));
+        assert!(V4Table::build(1000, endless, |_| Location::UNKNOWN).is_none());
     }
 
     #[test]
     fn a_database_without_ipv4_ranges_gets_no_table() {
-        assert!(V4Table::build(u64::MAX, |_| None).is_none());
+        assert!(V4Table::build(u64::MAX, |_| None, |_| Location::UNKNOWN).is_none());
     }
 }
