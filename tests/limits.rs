@@ -94,3 +94,35 @@ async fn limits_refuse_what_is_too_big_and_serve_the_rest() {
     // And the service goes on serving.
     assert_eq!(f.where_to("1.0.0.1").await, "origin");
 }
+
+/// An idle keep-alive connection (answered, then silent) is closed once
+/// `header_timeout` passes without a new request, as a connection that
+/// never sent one is: idle clients cannot hold connection slots forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keepalive_connection_is_closed_after_the_header_timeout() {
+    let opts = Options {
+        extra: "[server]\nheader_timeout = \"1s\"\n",
+        ..Options::default()
+    };
+    let f = Fixture::start(vec![], opts).await;
+    let mut s = TcpStream::connect(f.addr()).await.unwrap();
+    let keep_alive = format!("GET {PKG} HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(keep_alive.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 302"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let started = std::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("closed within 20 s");
+    assert!(matches!(rest, Ok(0) | Err(_)), "{rest:?}");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed after {idle:?}, before the timeout"
+    );
+}
