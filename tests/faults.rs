@@ -261,8 +261,11 @@ async fn goes_out(f: &Fixture, server: &FaultServer, fault: Fault, within: Durat
     }
 }
 
-/// Two failed rounds (fall = 2) of at most a timeout each, a round apart.
+/// Two failed rounds (fall = 2) of at most a timeout each, a round apart:
+/// for a failure that may pass (a reset).
 const TWO_ROUNDS: Duration = Duration::from_millis(2 * (300 + 500) + 600);
+/// One round: for a failure that takes a mirror out at once.
+const ONE_ROUND: Duration = Duration::from_millis(300 + 500 + 600);
 
 async fn a_faulty_mirror(fault: Fault, within: Duration, says: &str) {
     let server = FaultServer::start(origin_tree(), None).await;
@@ -277,17 +280,17 @@ async fn a_trickled_index_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_announced_as_2_gb_is_not_read() {
-    a_faulty_mirror(Fault::Huge, TWO_ROUNDS, "larger than max_index_bytes").await;
+    a_faulty_mirror(Fault::Huge, ONE_ROUND, "larger than max_index_bytes").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_index_is_read_only_to_the_bound() {
-    a_faulty_mirror(Fault::Endless, TWO_ROUNDS, "larger than max_index_bytes").await;
+    a_faulty_mirror(Fault::Endless, ONE_ROUND, "larger than max_index_bytes").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captive_portal_is_caught_by_hash_and_size() {
-    a_faulty_mirror(Fault::Portal, TWO_ROUNDS, "no tree verified").await;
+    a_faulty_mirror(Fault::Portal, ONE_ROUND, "no tree verified").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +300,7 @@ async fn a_reset_mid_body_takes_the_mirror_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_loop_is_not_followed() {
-    a_faulty_mirror(Fault::RedirectLoop, TWO_ROUNDS, "redirected to").await;
+    a_faulty_mirror(Fault::RedirectLoop, ONE_ROUND, "redirected to").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

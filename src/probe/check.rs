@@ -43,7 +43,11 @@ pub enum ProbeError {
 
 impl ProbeError {
     /// Failures that take a mirror down without waiting for `fall` rounds:
-    /// each would break a user's install if the mirror stayed in.
+    /// each would break a user's install if the mirror stayed in, and none
+    /// is the passing kind `fall` forgives (a reset, a 5xx, a decode
+    /// error). A redirect sends clients where nobody checked (or round in
+    /// a loop); an index too large, or no tree verified (a captive portal's
+    /// pages), is what the mirror serves, not a hiccup.
     pub fn is_immediate(&self) -> bool {
         matches!(
             self,
@@ -51,6 +55,9 @@ impl ProbeError {
                 | ProbeError::Timeout { .. }
                 | ProbeError::Missing { .. }
                 | ProbeError::Stale { .. }
+                | ProbeError::Redirected { .. }
+                | ProbeError::Incomplete { .. }
+                | ProbeError::TooLarge { .. }
         )
     }
 
