@@ -393,6 +393,26 @@ async fn an_origin_answering_garbage_keeps_its_last_good_index() {
         }
     })
     .await;
+    // The reason is public, on the status page and in its JSON.
+    let service = f.service.as_ref().unwrap();
+    let json = f
+        .eventually("the origin's error on /mirrors.json", || async {
+            let a = get(f.addr(), "/mirrors.json", "").await;
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            let e = v["origin_index"]["error"].as_str()?.to_string();
+            (v["origin_index"]["reachable"] == false).then_some(e)
+        })
+        .await;
+    assert!(json.contains("cannot decode"), "{json}");
+    service.redraw_status();
+    let page = f
+        .eventually("the origin's error on /mirrors", || async {
+            let a = get(f.addr(), "/mirrors", "").await;
+            let html = String::from_utf8(a.body).unwrap();
+            html.contains("origin-error").then_some(html)
+        })
+        .await;
+    assert!(page.contains("cannot decode"));
     // Rounds go on against the last good index: every mirror stays in.
     let before = f.mirrors[0].requests();
     while f.mirrors[0].requests() < before + 12 {

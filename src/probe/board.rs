@@ -21,13 +21,15 @@ pub struct Seen {
 }
 
 /// The origin's index, as the prober follows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct OriginSeen {
     /// Last fetched successfully.
     pub fetched: Option<SystemTime>,
     /// Last seen to change.
     pub changed: Option<SystemTime>,
     pub reachable: bool,
+    /// Why the last fetch failed, while it does.
+    pub error: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -85,10 +87,23 @@ impl Board {
         b.origin.reachable = ok;
         if ok {
             b.origin.fetched = Some(now);
+            b.origin.error = None;
         }
         if changed {
             b.origin.changed = Some(now);
         }
+    }
+
+    /// A failed fetch of the origin's index, and why.
+    pub fn origin_failed(&self, reason: String) {
+        let mut b = self.lock();
+        b.origin.reachable = false;
+        b.origin.error = Some(Arc::from(reason));
+    }
+
+    /// Whether the last fetch of the origin's index succeeded.
+    pub fn origin_reachable(&self) -> bool {
+        self.lock().origin.reachable
     }
 
     /// Forgets mirrors no longer configured.
@@ -100,7 +115,7 @@ impl Board {
         let b = self.lock();
         BoardView {
             mirrors: b.mirrors.clone(),
-            origin: b.origin,
+            origin: b.origin.clone(),
             rounds: b.rounds,
             failures: b.failures.clone(),
         }

@@ -295,7 +295,7 @@ async fn follow_origin(
                 }
             }
             Err(e) => {
-                board.origin(false, false);
+                board.origin_failed(e.to_string());
                 if failures == 0 {
                     tracing::warn!(origin = %config.origin, cause = %e, "origin unreachable; keeping its last known index");
                 }

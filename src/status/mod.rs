@@ -102,11 +102,16 @@ const REDRAW: Duration = Duration::from_secs(60);
 pub async fn run(pages: Arc<Pages>, routing: SharedRouting, tally: Arc<Tally>, board: Arc<Board>) {
     let mut windows = Windows::default();
     let mut shown: Option<Arc<Routing>> = None;
+    // An origin that stops answering (or answers again) changes the page
+    // without changing the table.
+    let mut shown_origin = None;
     let mut drawn = Instant::now();
     let mut asked = false;
     loop {
         let current = routing.load_full();
-        let changed = shown.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &current));
+        let origin = Some(board.origin_reachable());
+        let changed =
+            shown.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &current)) || origin != shown_origin;
         if changed || asked || drawn.elapsed() >= REDRAW {
             let counts = counts(&tally, &current);
             windows.tick(Instant::now(), &counts);
@@ -134,6 +139,7 @@ pub async fn run(pages: Arc<Pages>, routing: SharedRouting, tally: Arc<Tally>, b
                 Err(e) => tracing::error!(cause = %e, "rendering the status page failed"),
             }
             shown = Some(current);
+            shown_origin = origin;
             drawn = Instant::now();
         }
         asked = tokio::select! {
@@ -300,6 +306,12 @@ impl View<'_> {
         json!({
             "generated": rfc3339(self.at),
             "origin": &*r.policy.origin,
+            "origin_index": {
+                "reachable": self.board.origin.reachable,
+                "fetched": self.board.origin.fetched.map(rfc3339),
+                "changed": self.board.origin.changed.map(rfc3339),
+                "error": self.board.origin.error.as_deref(),
+            },
             "releases": r.policy.releases,
             "eligible": r.table.mirrors().iter().filter(|m| m.status.eligible).count(),
             "reload": {
@@ -361,6 +373,18 @@ Add <code>?mirrorlist</code> to any package URL to see where it would go, and wh
             origin = esc(&r.policy.origin),
             at = rfc3339(self.at),
         );
+        if let Some(e) = &self.board.origin.error {
+            let _ = writeln!(
+                out,
+                "<p class=\"warn\" id=\"origin-error\">The origin's index cannot be fetched: {}. \
+Mirrors are checked against the last index fetched{}.</p>",
+                esc(e),
+                self.board
+                    .origin
+                    .fetched
+                    .map_or(String::new(), |t| format!(", at {}", rfc3339(t)))
+            );
+        }
         if let Some(e) = &r.reload.last_error {
             let _ = writeln!(
                 out,
