@@ -28,9 +28,10 @@
 //! - [`client`]: the client's address, behind trusted proxies.
 //! - [`frontend`]: request to outcome to response, in one place; counts
 //!   and logs each.
-//! - [`server`]: accept, connection limits, TLS handshakes, HTTP/1.1 and
-//!   HTTP/2, graceful shutdown; one loop per serving thread, each with its
-//!   own SO_REUSEPORT sockets.
+//! - [`server`]: accept, connection limits, TLS handshakes (capped for the
+//!   service and per client network), HTTP/1.1 and HTTP/2, graceful
+//!   shutdown; one loop per serving thread, each with its own SO_REUSEPORT
+//!   sockets.
 //! - [`tls`]: the certificate (replaceable while serving) and rustls config.
 //! - [`app`]: wiring from a config to a running service: the publisher and
 //!   prober on the caller's runtime, the work-stealing runtime that serves;
