@@ -16,15 +16,15 @@
 //!     --db geoip/dbip-city-lite-compact.mmdb --db geoip/geo-whois-asn-country.mmdb [--samples 20000]
 //! ```
 
+#[path = "../tests/quality/mod.rs"]
+mod quality;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use distri_redirector::config::{self, Selection};
-use distri_redirector::geo::Coord;
 use distri_redirector::geoip::GeoDb;
 use distri_redirector::select::{Client, select};
-use distri_redirector::table::{Status, Table};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -126,18 +126,7 @@ fn main() {
     let samples: usize = args("--samples")
         .first()
         .map_or(20_000, |s| s.parse().unwrap());
-    let mirrors: Vec<config::Mirror> = MIRRORS
-        .iter()
-        .map(|&(name, lat, lon)| config::Mirror {
-            name: name.into(),
-            url: format!("https://{name}.example.org/"),
-            coord: Coord::new(lat, lon).unwrap(),
-            weight: 1.0,
-            countries: None,
-            ipv6: true,
-        })
-        .collect();
-    let table = Table::from_config(&mirrors, Status::assumed_up(), Selection::default());
+    let table = quality::table(MIRRORS);
     let mut rng = StdRng::seed_from_u64(7);
     let v6_networks = networks_v6(&args("--truth"));
     let locate = |ip: IpAddr| {
@@ -164,17 +153,13 @@ fn main() {
             continue;
         };
         taken += 1;
-        let dist = |id: usize| t.distance_km(table.get(id).coord);
-        let nearest = (0..MIRRORS.len()).map(dist).fold(f64::INFINITY, f64::min);
-        let limit = (nearest * 1.3).max(nearest + 400.0);
         let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
         let full = std::iter::once(at);
         for (k, loc) in full
             .chain(dbs.iter().map(|(_, db)| db.lookup(ip)))
             .enumerate()
         {
-            let client = Client::new(ip, &loc);
-            let right = select(&table, &client).is_some_and(|id| dist(id) <= limit);
+            let right = quality::right(&table, t, select(&table, &Client::new(ip, &loc)));
             for key in ["all".to_string(), family.to_string(), country.to_string()] {
                 tallies[k].entry(key).or_default().add(right);
             }

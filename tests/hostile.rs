@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "hostile/battery.rs"]
 mod battery;
@@ -28,30 +27,9 @@ async fn send(addr: SocketAddr, case: &Case) -> Reply {
         .bind(format!("{}:0", case.from).parse().unwrap())
         .unwrap();
     let stream = socket.connect(addr).await.unwrap();
-    let (mut rd, mut wr) = stream.into_split();
-    let bytes = case.bytes.clone();
-    let writer = tokio::spawn(async move {
-        // The server may answer and close before it has read everything.
-        if wr.write_all(&bytes).await.is_ok() {
-            let _ = wr.shutdown().await;
-        }
-    });
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    let read = async {
-        loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    let closed = tokio::time::timeout(Duration::from_secs(15), read).await;
-    // A writer still blocked on a server that stopped reading.
-    writer.abort();
-    if closed.is_err() {
-        panic!("{}: no close within 15 s", case.name);
-    }
+    let buf = send_while_reading(stream, case.bytes.clone(), true, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("{}: no close within 15 s", case.name));
     Reply::parse(&buf)
 }
 

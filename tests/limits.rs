@@ -13,35 +13,13 @@ use tokio::net::TcpStream;
 
 const PKG: &str = "/distri/jackherer/pkg/pkg001-amd64-1.0-1.squashfs";
 
-/// Writes `request` while reading, so an early answer (and close) is seen
-/// even when the rest of the request can no longer be sent; returns the
-/// status line.
-async fn send_while_reading(addr: SocketAddr, request: Vec<u8>, half_close: bool) -> String {
+/// The status line the service answers `request` with (see
+/// [`send_while_reading`]).
+async fn status_of(addr: SocketAddr, request: Vec<u8>, half_close: bool) -> String {
     let s = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    let writer = tokio::spawn(async move {
-        // The server may answer and close before it has read everything.
-        if wr.write_all(&request).await.is_ok() && half_close {
-            let _ = wr.shutdown().await;
-        }
-        wr
-    });
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read = async {
-        loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                // A reset after the answer arrived.
-                Err(_) => break,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
+    let buf = send_while_reading(s, request, half_close, Duration::from_secs(10))
         .await
         .expect("an answer within 10 s");
-    drop(writer.await);
     let text = String::from_utf8_lossy(&buf);
     text.lines().next().unwrap_or("").to_string()
 }
@@ -63,31 +41,25 @@ async fn limits_refuse_what_is_too_big_and_serve_the_rest() {
     // Sent, then the client's side shut: still answered.
     for _ in 0..20 {
         let r = request(PKG, None);
-        assert_eq!(
-            send_while_reading(addr, r, true).await,
-            "HTTP/1.1 302 Found"
-        );
+        assert_eq!(status_of(addr, r, true).await, "HTTP/1.1 302 Found");
     }
 
     // A 200 KB header: 431, not accepted.
     let huge = request(PKG, Some(("X-Big", 200 * 1024)));
-    let status = send_while_reading(addr, huge, false).await;
+    let status = status_of(addr, huge, false).await;
     assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
 
     // Just under the default 16 KiB head: served.
     let fits = request(PKG, Some(("X-Big", 15 * 1024)));
-    assert_eq!(
-        send_while_reading(addr, fits, false).await,
-        "HTTP/1.1 302 Found"
-    );
+    assert_eq!(status_of(addr, fits, false).await, "HTTP/1.1 302 Found");
 
     // A 9 KiB target: 414; an 8,000-byte one is served.
     let long = format!("/distri/jackherer/pkg/{}.squashfs", "a".repeat(9 * 1024));
-    let status = send_while_reading(addr, request(&long, None), false).await;
+    let status = status_of(addr, request(&long, None), false).await;
     assert!(status.starts_with("HTTP/1.1 414"), "{status:?}");
     let ok = format!("/distri/jackherer/pkg/{}.squashfs", "a".repeat(7900));
     assert_eq!(
-        send_while_reading(addr, request(&ok, None), false).await,
+        status_of(addr, request(&ok, None), false).await,
         "HTTP/1.1 302 Found"
     );
 

@@ -3,14 +3,15 @@
 //! (when the full DB-IP City Lite files are at hand) leads selection to the
 //! same mirrors the full database does.
 
+mod quality;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use distri_redirector::config::{self, Config, Selection};
+use distri_redirector::config::Config;
 use distri_redirector::geo::Coord;
 use distri_redirector::geoip::GeoDb;
 use distri_redirector::select::{Client, select};
-use distri_redirector::table::{Status, Table};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -100,18 +101,7 @@ fn the_shipped_database_chooses_as_the_full_one_does() {
         return;
     };
     let db = shipped();
-    let mirrors: Vec<config::Mirror> = MIRRORS
-        .iter()
-        .map(|&(name, lat, lon)| config::Mirror {
-            name: name.into(),
-            url: format!("https://{name}.example.org/"),
-            coord: Coord::new(lat, lon).unwrap(),
-            weight: 1.0,
-            countries: None,
-            ipv6: true,
-        })
-        .collect();
-    let table = Table::from_config(&mirrors, Status::assumed_up(), Selection::default());
+    let table = quality::table(MIRRORS);
     let mut rng = StdRng::seed_from_u64(11);
     let (mut right, mut all) = (0, 0);
     while all < 3000 {
@@ -121,10 +111,8 @@ fn the_shipped_database_chooses_as_the_full_one_does() {
         let truth = full.lookup(ip);
         let Some(t) = truth.coord else { continue };
         all += 1;
-        let dist = |id: usize| t.distance_km(table.get(id).coord);
-        let nearest = (0..MIRRORS.len()).map(dist).fold(f64::INFINITY, f64::min);
         let chosen = select(&table, &Client::new(ip, &db.lookup(ip)));
-        right += chosen.is_some_and(|id| dist(id) <= (nearest * 1.3).max(nearest + 400.0)) as u32;
+        right += quality::right(&table, t, chosen) as u32;
     }
     let share = right as f64 / all as f64;
     assert!(share > 0.97, "right choices: {:.1}%", share * 100.0);

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::write_nested_db;
+use support::{rss_kib, write_nested_db};
 
 /// The service started on a config with no mirrors (nothing to probe);
 /// its stderr lines arrive on the receiver.
@@ -321,16 +321,6 @@ fn wait_until_read(server: SocketAddr, client: &TcpStream) {
         std::thread::yield_now();
     }
     panic!("the service never read the partial request");
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// Memory per connection is bounded by the head limit. 300 connections

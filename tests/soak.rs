@@ -46,16 +46,6 @@ fn config(origin: &str, urls: &[String], weight: f64) -> String {
     text
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// Raises this process's soft limit on open files to its hard limit; the
 /// service started after inherits it.
 fn raise_nofile(need: u64) {

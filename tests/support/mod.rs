@@ -538,3 +538,49 @@ pub fn at(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("{key} missing; have {:?}", m.keys().collect::<Vec<_>>()))
 }
+
+/// Writes `bytes` on `stream` while reading, so an early answer (and close)
+/// is seen even when the rest can no longer be sent; half-closes after
+/// writing when asked. Everything read until the server closes, or `None`
+/// when it has not closed within `within`.
+pub async fn send_while_reading(
+    stream: TcpStream,
+    bytes: Vec<u8>,
+    half_close: bool,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        // The server may answer and close before it has read everything.
+        if wr.write_all(&bytes).await.is_ok() && half_close {
+            let _ = wr.shutdown().await;
+        }
+        // Kept open until the read side is done with.
+        std::future::pending::<()>().await;
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let read = async {
+        loop {
+            match rd.read(&mut chunk).await {
+                // A reset after the answer arrived ends it too.
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(within, read).await;
+    // A writer still blocked on a server that stopped reading.
+    writer.abort();
+    closed.ok().map(|()| buf)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
