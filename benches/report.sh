@@ -10,6 +10,7 @@ def med(group, name):
     p = root / group / name / "new" / "estimates.json"
     return json.loads(p.read_text())["median"]["point_estimate"] if p.exists() else None
 rows = [("geoip", n) for n in ("shipped-flat-country", "nested-city", "flat-city")]
+rows += [("geoip", f"{db}-city-{fam}-cold") for db in ("compact", "full") for fam in ("v4", "mixed")]
 rows += [("select", n) for n in ("10", "100", "1000", "10000")]
 rows += [("lookup+select_100", ""), ("handler", "redirect"), ("handler", "redirect-per-file"), ("handler", "redirect-files-one-set"), ("handler", "redirect-no-metrics"), ("handler", "reference")]
 for g, n in rows:
@@ -25,4 +26,6 @@ ratio("handler per file / one set, same requests", med("handler", "redirect-per-
 ratio("handler with metrics / without", med("handler", "redirect"), med("handler", "redirect-no-metrics"))
 ratio("lookup+select 100 / handler reference", med("lookup+select_100", ""), med("handler", "reference"))
 ratio("nested city lookup / shipped country lookup", med("geoip", "nested-city"), med("geoip", "shipped-flat-country"))
+ratio("full city / shipped default, IPv4, cold", med("geoip", "full-city-v4-cold"), med("geoip", "compact-city-v4-cold"))
+ratio("full city / shipped default, a quarter IPv6, cold", med("geoip", "full-city-mixed-cold"), med("geoip", "compact-city-mixed-cold"))
 PY

@@ -1,16 +1,24 @@
 -- wrk script: every request comes "from" another client address, so every
 -- request does a real GeoIP lookup and selection. WRK_CLOSE=1 adds
--- "Connection: close" (a new connection per request).
+-- "Connection: close" (a new connection per request); WRK_V6=1 sends every
+-- fourth request from an IPv6 address spread over 2000::/3.
 local n = 0
 local close = os.getenv("WRK_CLOSE") == "1"
+local v6 = os.getenv("WRK_V6") == "1"
 local path = "/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs"
 
 request = function()
   n = n + 1
-  -- A spread of routed IPv4 space: first octet 1..223 except 10 and 127.
-  local a = 1 + (n * 37) % 223
-  if a == 10 or a == 127 then a = a + 1 end
-  local ip = string.format("%d.%d.%d.%d", a, (n * 13) % 256, (n * 7) % 256, n % 256)
+  local ip
+  if v6 and n % 4 == 0 then
+    -- 2000::/3 by its first 48 bits, where the allocations are.
+    ip = string.format("%x:%x:%x::%x", 0x2000 + (n * 97) % 0x2000, (n * 7919) % 65536, (n * 31) % 65536, n % 65536)
+  else
+    -- A spread of routed IPv4 space: first octet 1..223 except 10 and 127.
+    local a = 1 + (n * 37) % 223
+    if a == 10 or a == 127 then a = a + 1 end
+    ip = string.format("%d.%d.%d.%d", a, (n * 13) % 256, (n * 7) % 256, n % 256)
+  end
   local headers = { ["X-Forwarded-For"] = ip }
   if close then headers["Connection"] = "close" end
   return wrk.format("GET", path, headers)

@@ -3,9 +3,10 @@
 //! redirector to serve them. Used by `benches/load.sh` and
 //! `benches/probe-cost.sh`; runs until killed.
 //!
-//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--geoip FILE]`
+//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--geoip FILE[,FILE]]`
 //!
-//! The GeoIP database is the shipped default unless `--geoip` names another.
+//! The GeoIP database is the shipped default unless `--geoip` names others
+//! (several, comma-separated, are looked up in order).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -97,12 +98,20 @@ async fn main() -> std::io::Result<()> {
     let server = MiniServer::start(all).await?;
     let base = server.url();
     let db = arg(&args, "--geoip").unwrap_or_else(|| "geoip/dbip-city-lite-compact.mmdb".into());
-    let db = std::fs::canonicalize(db)?;
+    let db = db
+        .split(',')
+        .map(|f| {
+            Ok(format!(
+                "{:?}",
+                std::fs::canonicalize(f)?.display().to_string()
+            ))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?
+        .join(", ");
     let mut toml = format!(
         "listen = [\"{listen}\"]\norigin = \"{base}origin/\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\n\
-         geoip = \"{}\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
-         [server]\nmax_connections = 20000\n{workers}",
-        db.display()
+         geoip = [{db}]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
+         [server]\nmax_connections = 20000\n{workers}"
     );
     for i in 0..n {
         let (lat, lon) = CITIES[i % CITIES.len()];

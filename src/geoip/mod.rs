@@ -4,24 +4,33 @@
 //! (`country.iso_code`, `location.latitude`) and ip-location-db's flat one
 //! (`country_code`, `latitude`). When a record has no coordinates, the
 //! country's centroid stands in. IPv4 lookups go through a flat copy of
-//! the IPv4 ranges made at open (`v4`). Knows nothing of HTTP.
+//! the IPv4 ranges made at open (`v4`, built by walking the search tree
+//! directly, `tree`); the file itself is mapped from a private copy
+//! (`file`), so only the pages IPv6 lookups touch are resident. Knows
+//! nothing of HTTP.
 
+mod file;
+mod tree;
 mod v4;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use maxminddb::Reader;
+use maxminddb::{Metadata, Reader};
 use serde::Deserialize;
 
 use crate::geo::{self, Coord, Country};
-use v4::V4Table;
+use file::{Bytes, Source as FileSource};
+use v4::{V4Builder, V4Table};
 
-/// An open database, held in memory; possibly several files (ip-location-db
-/// ships one per family), looked up in order.
+/// An open database; possibly several files (ip-location-db ships one per
+/// family), looked up in order.
 pub struct GeoDb {
-    reader: Reader<Vec<u8>>,
+    meta: Metadata,
+    /// The search tree, for what the flat table does not answer; `None`
+    /// for an IPv4-only file whose table answers everything.
+    reader: Option<Reader<Bytes>>,
     /// `None` when the database has no IPv4 ranges or too many to copy.
     v4: Option<V4Table>,
     path: PathBuf,
@@ -38,6 +47,14 @@ pub enum GeoIpError {
         #[source]
         source: maxminddb::MaxMindDbError,
     },
+    #[error("geoip database {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("geoip database {}: its search tree is corrupt (nodes shared between branches, or records past its end)", path.display())]
+    Corrupt { path: PathBuf },
     #[error("geoip: no file has {family} networks ({files}); add one that does")]
     Coverage { family: &'static str, files: String },
 }
@@ -137,40 +154,69 @@ impl<'de> Deserialize<'de> for Number {
 impl GeoDb {
     /// Opens and checks a database file.
     pub fn open(path: &Path) -> Result<GeoDb, GeoIpError> {
-        let err = |source| GeoIpError::Open {
+        let read = |source| GeoIpError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let reader = Reader::open_readfile(path).map_err(err)?;
-        Ok(GeoDb::new(reader, path.to_path_buf()))
+        GeoDb::new(FileSource::open(path).map_err(read)?, path)
     }
 
     /// Opens a database held in memory (tests, generated databases).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, GeoIpError> {
-        let reader = Reader::from_source(bytes).map_err(|source| GeoIpError::Open {
-            path: PathBuf::from("<memory>"),
-            source,
-        })?;
-        Ok(GeoDb::new(reader, PathBuf::from("<memory>")))
+        GeoDb::new(FileSource::Heap(Bytes::heap(bytes)), Path::new("<memory>"))
     }
 
-    fn new(reader: Reader<Vec<u8>>, path: PathBuf) -> GeoDb {
-        let networks = u64::from(reader.metadata().node_count) + 1;
-        let v4 = V4Table::build(
-            networks,
-            |ip| network_of(&reader, ip),
-            |ip| {
-                reader
-                    .lookup(IpAddr::V4(ip))
-                    .map_or(Location::UNKNOWN, |found| decode(&found))
-            },
-        );
-        GeoDb {
+    fn new(source: FileSource, path: &Path) -> Result<GeoDb, GeoIpError> {
+        let bytes = GeoDb::bytes(&source, true, path)?;
+        let reader = GeoDb::reader(bytes.clone(), path)?;
+        let meta = reader.metadata().clone();
+        let v4 = GeoDb::v4_table(&reader, &bytes, path)?;
+        drop((reader, bytes));
+        // The walk touched every IPv4 page; a fresh reader starts with
+        // none resident. An IPv4-only file with a table needs no reader.
+        let reader = match (meta.ip_version, &v4) {
+            (4, Some(_)) => None,
+            _ => Some(GeoDb::reader(GeoDb::bytes(&source, false, path)?, path)?),
+        };
+        Ok(GeoDb {
+            meta,
             reader,
             v4,
-            path,
+            path: path.to_path_buf(),
             next: None,
-        }
+        })
+    }
+
+    fn bytes(source: &FileSource, whole: bool, path: &Path) -> Result<Bytes, GeoIpError> {
+        source.bytes(whole).map_err(|source| GeoIpError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn reader(bytes: Bytes, path: &Path) -> Result<Reader<Bytes>, GeoIpError> {
+        Reader::from_source(bytes).map_err(|source| GeoIpError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn v4_table(
+        reader: &Reader<Bytes>,
+        bytes: &Bytes,
+        path: &Path,
+    ) -> Result<Option<V4Table>, GeoIpError> {
+        let corrupt = |_| GeoIpError::Corrupt {
+            path: path.to_path_buf(),
+        };
+        let tree = tree::Tree::new(bytes.as_ref(), reader.metadata()).map_err(corrupt)?;
+        let mut table = V4Builder::default();
+        tree.ipv4_networks(|n| table.push(n)).map_err(corrupt)?;
+        Ok(table.finish(|ip| {
+            reader
+                .lookup(IpAddr::V4(ip))
+                .map_or(Location::UNKNOWN, |found| decode(&found))
+        }))
     }
 
     /// Opens `paths` as one database, each file asked in order until one
@@ -216,8 +262,14 @@ impl GeoDb {
     /// first error (a cycle) ends the walk.
     fn has_networks_in(&self, net: ipnetwork::IpNetwork) -> bool {
         const LOOK_AT: usize = 1 << 20;
+        if net.is_ipv4() && self.v4.is_some() {
+            return true;
+        }
+        let Some(reader) = &self.reader else {
+            return false;
+        };
         let options = maxminddb::WithinOptions::default().include_networks_without_data();
-        let Ok(within) = self.reader.within(net, options) else {
+        let Ok(within) = reader.within(net, options) else {
             return false;
         };
         for found in within.take(LOOK_AT) {
@@ -246,7 +298,7 @@ impl GeoDb {
 
     /// The database's type, e.g. "GeoLite2-City".
     pub fn database_type(&self) -> &str {
-        &self.reader.metadata().database_type
+        &self.meta.database_type
     }
 
     /// The credit a page showing its results must carry, as HTML: DB-IP's
@@ -262,10 +314,7 @@ impl GeoDb {
     /// When the database was built (the newest of its files), seconds
     /// since the UNIX epoch.
     pub fn build_epoch(&self) -> u64 {
-        self.files()
-            .map(|f| f.reader.metadata().build_epoch)
-            .max()
-            .unwrap_or(0)
+        self.files().map(|f| f.meta.build_epoch).max().unwrap_or(0)
     }
 
     /// Where `ip` is. A lookup failure (a corrupt record, an IPv6 address in
@@ -285,30 +334,18 @@ impl GeoDb {
     /// The lookup in the database's own search tree; `ip` is canonical
     /// (an IPv4-mapped address already turned into IPv4 by `lookup`).
     fn tree_lookup(&self, ip: IpAddr) -> Location {
-        let Ok(found) = self.reader.lookup(ip) else {
+        let Some(Ok(found)) = self.reader.as_ref().map(|r| r.lookup(ip)) else {
             return Location::UNKNOWN;
         };
         decode(&found)
     }
 }
 
-fn decode(found: &maxminddb::LookupResult<'_, Vec<u8>>) -> Location {
+fn decode<S: AsRef<[u8]>>(found: &maxminddb::LookupResult<'_, S>) -> Location {
     match found.decode::<Record>() {
         Ok(Some(r)) => r.location(),
         _ => Location::UNKNOWN,
     }
-}
-
-/// The IPv4 network holding `ip` as (prefix length, record key), for the
-/// flat table; `None` if the tree has no IPv4 network for it (an IPv6
-/// database without an IPv4 subtree) or the lookup fails.
-fn network_of(reader: &Reader<Vec<u8>>, ip: Ipv4Addr) -> Option<(u8, Option<usize>)> {
-    let found = reader.lookup(IpAddr::V4(ip)).ok()?;
-    let net = found.network().ok()?;
-    if !net.is_ipv4() {
-        return None;
-    }
-    Some((net.prefix(), found.offset()))
 }
 
 impl Record<'_> {
@@ -349,6 +386,7 @@ impl Record<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn files_are_asked_in_order_and_must_cover_both_families() {
