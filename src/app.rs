@@ -136,6 +136,7 @@ const ADMIN_CONNECTIONS: usize = 64;
 /// publisher and prober on the calling runtime and the serving runtime
 /// with `server.workers` threads.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    crate::malloc::return_large_blocks();
     let geo = Arc::new(GeoDb::open_all(&config.geoip)?);
     let certs = match &config.tls {
         Some(t) => Some(Certs::new(tls::load(&t.cert, &t.key)?)),

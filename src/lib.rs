@@ -43,6 +43,7 @@
 //! - [`status`]: the `/mirrors` page and its JSON: states, a map, coverage.
 //! - [`explain`]: why a client goes where it goes (`?mirrorlist`, `locate`).
 //! - [`accesslog`]: one line per request, batched off the serving threads.
+//! - [`malloc`]: glibc told to return large freed blocks (reloaded tables).
 //! - [`commands`]: the `check`, `locate` and `probe` subcommands.
 //! - [`demo`]: the `demo` subcommand: a miniature mirror network on loopback.
 //!
@@ -50,9 +51,9 @@
 //! `select` over one loaded `routing` snapshot): no lock, no I/O, no
 //! waiting on probes or reloads.
 
-// Unsafe code in one place only, allowed there by name: mapping the GeoIP
-// files' private copies (`geoip/file.rs` says why that is sound). The
-// compiler refuses it anywhere else.
+// Unsafe code in two places only, each allowed by name with the reason it
+// is sound: mapping the GeoIP files' private copies (`geoip/file.rs`) and
+// one allocator setting (`malloc.rs`). The compiler refuses it elsewhere.
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -67,6 +68,7 @@ pub mod frontend;
 pub mod geo;
 pub mod geoip;
 pub mod index;
+pub mod malloc;
 pub mod meta;
 pub mod metrics;
 pub mod minitree;
