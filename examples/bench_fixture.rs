@@ -106,11 +106,16 @@ async fn main() -> std::io::Result<()> {
                 std::fs::canonicalize(f)?.display().to_string()
             ))
         })
-        .collect::<std::io::Result<Vec<_>>>()?
-        .join(", ");
+        .collect::<std::io::Result<Vec<_>>>()?;
+    // One file as a plain string: builds from before lists were accepted
+    // read it too (`AGAINST=` in load.sh).
+    let db = match db.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", db.join(", ")),
+    };
     let mut toml = format!(
         "listen = [\"{listen}\"]\norigin = \"{base}origin/\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\n\
-         geoip = [{db}]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
+         geoip = {db}\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
          [server]\nmax_connections = 20000\n{workers}"
     );
     for i in 0..n {
