@@ -9,33 +9,54 @@
 //! with one location, adjacent runs with equal locations merged.
 //!
 //! Sized for a full city database: DB-IP's (6.3 M IPv4 networks, 425,000
-//! records) becomes 3.7 M ranges in 6 bytes each, 0.42 M places in 12
-//! bytes each, 27 MB in all, built in about half a second.
+//! records) becomes 3.7 M ranges in 6 bytes each (`Ranges::Narrow`) and
+//! 0.42 M places in 12 bytes each, 27 MB in all, built in about half a
+//! second. Smaller tables keep 8 bytes a range, one cache miss fewer.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::Location;
 
-/// At most this many ranges (6 bytes each, 24 MB) or distinct records are
+/// At most this many ranges (8 bytes each, 32 MB) or distinct records are
 /// copied; a larger database keeps its tree walk.
 const MAX_RANGES: usize = 1 << 22;
 
 pub struct V4Table {
-    /// For each /16: `UNIFORM | location` when one range covers all of it
-    /// (most do in a country database: then a lookup touches this entry and
-    /// the location only), else `first << 32 | count`: the `count` ranges
-    /// from `first`, the one holding the /16's first address, are those
-    /// that hold some of its addresses.
-    jump: Box<[u64]>,
-    /// Each range's first address, its low 16 bits: within a /16 the high
-    /// ones are the /16's. A city database's /16 holds about a hundred
-    /// ranges; their starts fill three cache lines, not twelve.
-    lows: Box<[u16]>,
-    /// Each range's location.
-    ids: Box<[u32]>,
+    ranges: Ranges,
     locations: Places,
 }
+
+/// Past this many ranges, the narrow layout: it saves 2 bytes a range
+/// (7 MB in a full city database) for one more dependent cache miss.
+const NARROW_FROM: usize = 1 << 20;
+
+/// The ranges, in one of two layouts. Lookups in the wide one took 126 ns
+/// in the shipped database, against 176 ns in the narrow one; in a full
+/// city database 303 ns against 330 ns (latency-bound, benches/RESULTS.md).
+enum Ranges {
+    /// `jump`: for each /16, `UNIFORM | location` when one range covers all
+    /// of it (then a lookup touches this entry and the location only), else
+    /// the index of the range holding its first address. `ranges`: each
+    /// range as `first address << 32 | location`, ascending: the search
+    /// reads the start and lands on the location in the same line.
+    Wide {
+        jump: Box<[u32]>,
+        ranges: Box<[u64]>,
+    },
+    /// `jump`: `UNIFORM64 | location`, or `first << 32 | count`: the
+    /// `count` ranges from `first` (holding the /16's first address) are
+    /// those holding some of its addresses. `lows`: each range's first
+    /// address, its low 16 bits (the high ones are its /16's); `ids`: each
+    /// range's location.
+    Narrow {
+        jump: Box<[u64]>,
+        lows: Box<[u16]>,
+        ids: Box<[u32]>,
+    },
+}
+
+const UNIFORM64: u64 = 1 << 63;
 
 /// The distinct locations. A city database has hundreds of thousands, so
 /// their size counts: where every coordinate is exactly a 32-bit float (as
@@ -102,7 +123,7 @@ impl Places {
     }
 }
 
-const UNIFORM: u64 = 1 << 63;
+const UNIFORM: u32 = 1 << 31;
 
 /// Builds a table from a database's IPv4 networks, given in ascending
 /// order and covering the whole space (`tree::Tree::ipv4_networks`).
@@ -125,6 +146,7 @@ pub struct V4Builder {
     /// one, and the map's probes were much of a load's time.
     last: Option<(usize, u32)>,
     cap: usize,
+    narrow_from: usize,
     over: bool,
 }
 
@@ -176,6 +198,7 @@ impl V4Builder {
             records: vec![Ipv4Addr::UNSPECIFIED],
             last: None,
             cap,
+            narrow_from: NARROW_FROM,
             over: false,
         }
     }
@@ -261,62 +284,129 @@ impl V4Builder {
         }
         starts.truncate(kept);
         runs.truncate(kept);
-        Some(V4Table::new(&starts, runs, locations))
+        Some(V4Table::new(&starts, runs, locations, self.narrow_from))
     }
 }
 
 impl V4Table {
     /// The table of ranges starting at `starts` (ascending, the first at
     /// 0) with locations `ids`.
-    fn new(starts: &[u32], ids: Vec<u32>, locations: Vec<Location>) -> V4Table {
-        // One pass: range `k` holds the /16's first address, `end` is the
-        // first range starting past its last.
-        let (mut k, mut end) = (0, 1);
-        let jump = (0..1u32 << 16)
-            .map(|p| {
-                let (first, last) = (p << 16, p << 16 | 0xFFFF);
-                while starts.get(k + 1).is_some_and(|&s| s <= first) {
-                    k += 1;
-                }
-                end = end.max(k + 1);
-                while starts.get(end).is_some_and(|&s| s <= last) {
-                    end += 1;
-                }
-                if end == k + 1 {
-                    UNIFORM | u64::from(ids[k])
-                } else {
-                    (k as u64) << 32 | (end - k) as u64
-                }
-            })
-            .collect();
+    fn new(starts: &[u32], ids: Vec<u32>, locations: Vec<Location>, narrow_from: usize) -> V4Table {
+        let ranges = if starts.len() >= narrow_from {
+            Ranges::narrow(starts, ids)
+        } else {
+            Ranges::wide(starts, &ids)
+        };
         V4Table {
-            jump,
-            lows: starts.iter().map(|&s| s as u16).collect(),
-            ids: ids.into(),
+            ranges,
             locations: Places::new(locations),
         }
     }
 
     pub fn lookup(&self, ip: Ipv4Addr) -> Location {
-        let ip = u32::from(ip);
-        let e = self.jump[(ip >> 16) as usize];
-        let id = if e & UNIFORM != 0 {
-            e as u32
-        } else {
-            // Ranges k+1.. start inside this /16, after its first address.
-            let (k, n) = ((e >> 32) as usize, e as u32 as usize);
-            let low = ip as u16;
-            let later = self
-                .lows
-                .get(k + 1..k + n)
-                .map_or(0, |l| l.partition_point(|&s| s <= low));
-            self.ids.get(k + later).copied().unwrap_or(0)
-        };
-        self.locations.get(id)
+        self.locations.get(self.ranges.id(u32::from(ip)))
     }
 
     pub fn ranges(&self) -> usize {
-        self.ids.len()
+        match &self.ranges {
+            Ranges::Wide { ranges, .. } => ranges.len(),
+            Ranges::Narrow { ids, .. } => ids.len(),
+        }
+    }
+}
+
+impl Ranges {
+    /// For each /16, `k` (the range holding its first address) and `end`
+    /// (the first range starting past its last), in one pass.
+    fn bounds(starts: &[u32]) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (mut k, mut end) = (0, 1);
+        (0..1u32 << 16).map(move |p| {
+            let (first, last) = (p << 16, p << 16 | 0xFFFF);
+            while starts.get(k + 1).is_some_and(|&s| s <= first) {
+                k += 1;
+            }
+            end = end.max(k + 1);
+            while starts.get(end).is_some_and(|&s| s <= last) {
+                end += 1;
+            }
+            (k, end)
+        })
+    }
+
+    fn wide(starts: &[u32], ids: &[u32]) -> Ranges {
+        let jump = Ranges::bounds(starts)
+            .map(|(k, end)| {
+                if end == k + 1 {
+                    UNIFORM | ids[k]
+                } else {
+                    k as u32
+                }
+            })
+            .collect();
+        let ranges = starts
+            .iter()
+            .zip(ids)
+            .map(|(&s, &id)| u64::from(s) << 32 | u64::from(id))
+            .collect();
+        Ranges::Wide { jump, ranges }
+    }
+
+    fn narrow(starts: &[u32], ids: Vec<u32>) -> Ranges {
+        let jump = Ranges::bounds(starts)
+            .map(|(k, end)| {
+                if end == k + 1 {
+                    UNIFORM64 | u64::from(ids[k])
+                } else {
+                    (k as u64) << 32 | (end - k) as u64
+                }
+            })
+            .collect();
+        let lows = starts.iter().map(|&s| s as u16).collect();
+        Ranges::Narrow {
+            jump,
+            lows,
+            ids: ids.into(),
+        }
+    }
+
+    /// The location id of the range holding `ip`.
+    fn id(&self, ip: u32) -> u32 {
+        let p = (ip >> 16) as usize;
+        match self {
+            Ranges::Wide { jump, ranges } => {
+                let e = jump[p];
+                if e & UNIFORM != 0 {
+                    return e & !UNIFORM;
+                }
+                // ranges[e] starts at or before ip. Gallop forward from it
+                // (the ranges of one /16 are adjacent, usually in one or
+                // two cache lines), then binary-search the last step.
+                let key = u64::from(ip) << 32 | u64::from(u32::MAX);
+                let (mut i, mut step) = (e as usize, 1);
+                while ranges.get(i + step).is_some_and(|&r| r <= key) {
+                    i += step;
+                    step *= 2;
+                }
+                let end = (i + step).min(ranges.len());
+                let later = ranges
+                    .get(i..end)
+                    .map_or(1, |r| r.partition_point(|&r| r <= key));
+                ranges.get(i + later - 1).map_or(0, |&r| r as u32)
+            }
+            Ranges::Narrow { jump, lows, ids } => {
+                let e = jump[p];
+                if e & UNIFORM64 != 0 {
+                    return e as u32;
+                }
+                // Ranges k+1.. start inside this /16, after its first address.
+                let (k, n) = ((e >> 32) as usize, e as u32 as usize);
+                let low = ip as u16;
+                let later = lows
+                    .get(k + 1..k + n)
+                    .map_or(0, |l| l.partition_point(|&s| s <= low));
+                ids.get(k + later).copied().unwrap_or(0)
+            }
+        }
     }
 }
 
@@ -373,7 +463,12 @@ mod tests {
     }
 
     fn table(blocks: &Blocks, cap: usize) -> Option<V4Table> {
+        layout(blocks, cap, NARROW_FROM)
+    }
+
+    fn layout(blocks: &Blocks, cap: usize, narrow_from: usize) -> Option<V4Table> {
         let mut b = V4Builder::with_cap(cap);
+        b.narrow_from = narrow_from;
         for &block in blocks {
             if !b.push(block) {
                 break;
@@ -384,9 +479,11 @@ mod tests {
 
     #[test]
     fn every_boundary_and_random_address_agrees_with_the_blocks() {
-        for seed in 1..20 {
+        for (seed, narrow_from) in (1..20).flat_map(|s| [(s, usize::MAX), (s, 0)]) {
             let blocks = blocks(seed);
-            let table = table(&blocks, MAX_RANGES).expect("a table");
+            let table = layout(&blocks, MAX_RANGES, narrow_from).expect("a table");
+            let narrow = matches!(table.ranges, Ranges::Narrow { .. });
+            assert_eq!(narrow, narrow_from == 0);
             let mut probes: Vec<u32> = vec![0, u32::MAX, 0xFFFF, 0x1_0000];
             for &(start, prefix, _) in &blocks {
                 let last = start + ((1u64 << (32 - prefix)) - 1) as u32;
@@ -398,7 +495,7 @@ mod tests {
                 assert_eq!(
                     table.lookup(ip.into()),
                     want,
-                    "seed {seed}, {}",
+                    "seed {seed}, narrow {narrow}, {}",
                     Ipv4Addr::from(ip)
                 );
             }
