@@ -97,6 +97,7 @@ if [ "$CONTROL" = 1 ]; then
   echo "CONTROL=1: the \"redirector\" below is a second, identical nginx"
 fi
 
+rss() { awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status"; }
 run() { # target close pids...
   local target=$1 close=$2; shift 2
   WRK_PREFIX="${client_cpu[*]}" wrk_run "http://$target" "$close" "$@"
@@ -104,7 +105,7 @@ run() { # target close pids...
 
 echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
 echo "geoip: ${GEOIP:-shipped default}; IPv6 clients: $([ "$WRK_V6" = 1 ] && echo a quarter || echo none)"
-echo "redirector resident memory before the runs: $(awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status")"
+echo "redirector resident memory before the runs: $(rss)"
 for mode in $MODES; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"
@@ -116,7 +117,6 @@ for mode in $MODES; do
   summarise "$mode" "$work/n.$mode" "$work/r.$mode"
 done
 
-rss() { awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status"; }
 echo "redirector resident memory after the runs: $(rss)"
 if [ "$SOAK" -gt 0 ]; then
   echo "soak: $SOAK s of keep-alive load, RSS every 30 s"

@@ -54,7 +54,9 @@ impl Source {
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e,
                     "geoip: no temporary file for a private copy; reading the database onto the heap");
-                Ok(Source::Heap(Bytes::heap(std::fs::read(path)?)))
+                let mut bytes = Vec::new();
+                io::Read::read_to_end(&mut from, &mut bytes)?;
+                Ok(Source::Heap(Bytes::heap(bytes)))
             }
         }
     }

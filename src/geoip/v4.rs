@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 
 use super::Location;
 
-/// At most this many ranges (8 bytes each, 32 MB) or distinct records are
+/// At most this many ranges (32 MB at most) or distinct records are
 /// copied; a larger database keeps its tree walk.
 const MAX_RANGES: usize = 1 << 22;
 
@@ -56,6 +56,7 @@ enum Ranges {
     },
 }
 
+const UNIFORM: u32 = 1 << 31;
 const UNIFORM64: u64 = 1 << 63;
 
 /// The distinct locations. A city database has hundreds of thousands, so
@@ -122,8 +123,6 @@ impl Places {
         found.unwrap_or(Location::UNKNOWN)
     }
 }
-
-const UNIFORM: u32 = 1 << 31;
 
 /// Builds a table from a database's IPv4 networks, given in ascending
 /// order and covering the whole space (`tree::Tree::ipv4_networks`).
@@ -237,7 +236,7 @@ impl V4Builder {
     /// went over its cap or no range has data.
     pub fn finish(self, location_of: impl Fn(Ipv4Addr) -> Location + Sync) -> Option<V4Table> {
         let V4Builder {
-            starts,
+            mut starts,
             mut runs,
             records,
             ..
@@ -245,9 +244,11 @@ impl V4Builder {
         if self.over || starts.first() != Some(&0) || runs.iter().all(|&r| r == 0) {
             return None;
         }
+        // Index 0 is "no data": nothing to decode.
         let mut places = vec![Location::UNKNOWN; records.len()];
         let half = records.len() / 2;
         let (first, second) = places.split_at_mut(half);
+        let first = &mut first[1..];
         let decode = |out: &mut [Location], from: &[Ipv4Addr]| {
             for (o, &ip) in out.iter_mut().zip(from) {
                 *o = location_of(ip);
@@ -255,9 +256,8 @@ impl V4Builder {
         };
         std::thread::scope(|s| {
             s.spawn(|| decode(second, &records[half..]));
-            decode(first, &records[..half]);
+            decode(first, &records[1..half]);
         });
-        places[0] = Location::UNKNOWN;
         // Records with equal places share an id; runs with equal ids merge.
         let mut by_place: HashMap<PlaceKey, u32, Fast> = HashMap::default();
         let mut locations = Vec::new();
@@ -273,7 +273,6 @@ impl V4Builder {
             })
             .collect();
         let mut kept = 0;
-        let mut starts = starts;
         for i in 0..runs.len() {
             let id = ids[runs[i] as usize];
             if kept > 0 && runs[kept - 1] == id {
