@@ -361,13 +361,18 @@ fn cert_stamps(t: &crate::config::Tls) -> Option<(Stamp, Stamp)> {
 }
 
 /// Waits, after a file event, until files have been quiet for a moment;
-/// any triggers that arrive meanwhile are part of the same reload.
+/// any triggers that arrive meanwhile are part of the same reload. A
+/// signal ends the wait: the operator says the files are ready (`touch`
+/// then `kill -HUP` otherwise waited out the debounce, 0.3 s).
 async fn settle(first: Trigger, triggers: &mut mpsc::UnboundedReceiver<Trigger>) {
-    if first == Trigger::Signal {
-        while triggers.try_recv().is_ok() {}
-        return;
+    let mut next = first;
+    while next == Trigger::Files {
+        match tokio::time::timeout(DEBOUNCE, triggers.recv()).await {
+            Ok(Some(t)) => next = t,
+            _ => return,
+        }
     }
-    while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, triggers.recv()).await {}
+    while triggers.try_recv().is_ok() {}
 }
 
 /// Runs blocking work (file reads, index builds) off the runtime's threads.
@@ -432,5 +437,31 @@ mod tests {
         let (same, none) = pin_restart_only(&old, old.clone());
         assert!(none.is_empty());
         assert_eq!(same, old);
+    }
+
+    /// Virtual time: a wait for the debounce would advance the clock.
+    #[tokio::test(start_paused = true)]
+    async fn file_events_wait_for_quiet_and_a_signal_ends_the_wait() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            late.send(Trigger::Files).unwrap();
+        });
+        settle(Trigger::Files, &mut rx).await;
+        let quiet = Duration::from_millis(100) + DEBOUNCE;
+        assert_eq!(start.elapsed(), quiet, "quiet after the last event");
+
+        let start = tokio::time::Instant::now();
+        tx.send(Trigger::Files).unwrap();
+        tx.send(Trigger::Signal).unwrap();
+        tx.send(Trigger::Files).unwrap();
+        settle(Trigger::Files, &mut rx).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "the signal ended the wait");
+        assert!(
+            rx.try_recv().is_err(),
+            "what came with it is part of this reload"
+        );
     }
 }
