@@ -101,10 +101,9 @@ async fn main() -> std::io::Result<()> {
     let db = db
         .split(',')
         .map(|f| {
-            Ok(format!(
-                "{:?}",
-                std::fs::canonicalize(f)?.display().to_string()
-            ))
+            let path = std::fs::canonicalize(f)?.display().to_string();
+            // TOML's own quoting, not Rust's (they differ past ASCII).
+            Ok(toml::Value::from(path).to_string())
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     // One file as a plain string: builds from before lists were accepted

@@ -206,10 +206,10 @@ impl V4Builder {
     /// `None` without data). `false` once the table is over its cap, and
     /// the walk can stop.
     pub fn push(&mut self, (start, _prefix, record): super::tree::Network) -> bool {
-        let index = match record {
-            None => 0,
-            Some(r) if self.last.is_some_and(|(last, _)| last == r) => self.last.map_or(0, |l| l.1),
-            Some(r) => {
+        let index = match (record, self.last) {
+            (None, _) => 0,
+            (Some(r), Some((last, index))) if last == r => index,
+            (Some(r), _) => {
                 let next = self.records.len() as u32;
                 let index = *self.by_record.entry(r as u32).or_insert(next);
                 if index == next {
