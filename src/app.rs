@@ -256,11 +256,23 @@ fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Rec
     std::thread::Builder::new()
         .name("http-main".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder
                 .worker_threads(workers.max(1))
                 .thread_name("http")
-                .enable_all()
-                .build();
+                .enable_all();
+            // The LIFO slot runs a task woken by the one just run ahead of
+            // the queue, and no other worker may steal it. Connections are
+            // independent tasks woken by the I/O driver, so it buys no
+            // locality here, and on a busy host it strands a ready
+            // connection behind a preempted worker. Without it: 5 to 12%
+            // more keep-alive throughput for less CPU per request in four
+            // A/B runs (benches/RESULTS.md). The API is unstable, so it
+            // needs `--cfg tokio_unstable` (.cargo/config.toml); a build
+            // without that flag keeps tokio's default.
+            #[cfg(tokio_unstable)]
+            builder.disable_lifo_slot();
+            let rt = builder.build();
             let rt = match rt {
                 Ok(rt) => {
                     let _ = built.send(Ok(()));
