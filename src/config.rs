@@ -114,8 +114,9 @@ impl Default for Probe {
 pub struct Server {
     /// Connections served at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to finish its TLS handshake and send its request
-    /// headers (slow-loris guard).
+    /// Time a client has to finish its TLS handshake and send each request
+    /// head, counted from the connection's start or its last write
+    /// (slow-loris guard; `server::silent`).
     pub header_timeout: Duration,
     /// Serving threads, each with its own listening sockets.
     pub workers: usize,

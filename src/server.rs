@@ -21,7 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,13 +35,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config;
 use crate::frontend::{Conn, Frontend};
 
 mod handshakes;
+mod watched;
 pub use handshakes::Handshakes;
+use watched::{Ended, Watched};
 
 /// What a TLS listener speaks, and the caps on its handshakes, which all
 /// TLS listeners of the service share.
@@ -63,16 +66,19 @@ pub struct Listener {
 struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    /// Time to finish the TLS handshake (the header timeout covers the rest).
-    handshake_timeout: Duration,
+    /// Time to finish the TLS handshake, and to send each request head
+    /// (counted from the start, then from the last write: see `silent`).
+    header_timeout: Duration,
 }
 
 impl Protocols {
     fn new(limits: &config::Server) -> Protocols {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
+            // The header timeout is `silent`'s, not hyper's: hyper's armed
+            // and dropped a timer per request (3% of the service's time
+            // under keep-alive load). Without a timer hyper has no timeout.
+            .header_read_timeout(None)
             // A client that sends its request and shuts down its side
             // (`nc -N`, some scripts and proxies) still gets the answer.
             .half_close(true)
@@ -88,7 +94,7 @@ impl Protocols {
         Protocols {
             http1,
             http2,
-            handshake_timeout: limits.header_timeout,
+            header_timeout: limits.header_timeout,
         }
     }
 }
@@ -230,7 +236,8 @@ impl Task {
         let io = CloseOnDrop(TokioIo::new(io));
         let service = self.service(false);
         let conn = self.protocols.http1.serve_connection(io, service);
-        drain(conn, Some(&busy), self.stop, |c| c.graceful_shutdown()).await;
+        let watch = Some((&*busy, self.protocols.header_timeout));
+        drain(conn, watch, self.stop, |c| c.graceful_shutdown()).await;
     }
 
     async fn serve_tls(self, tls: Tls, stream: TcpStream) {
@@ -241,7 +248,7 @@ impl Task {
             let _slot = tls.handshakes.enter(self.peer.ip()).await?;
             tls.acceptor.accept(io).await.ok()
         };
-        let stream = match tokio::time::timeout(self.protocols.handshake_timeout, handshake).await {
+        let stream = match tokio::time::timeout(self.protocols.header_timeout, handshake).await {
             Ok(Some(s)) => s,
             // Its network holds too many handshakes, it never finished, or
             // it speaks something else.
@@ -256,7 +263,8 @@ impl Task {
             drain(conn, None, self.stop, |c| c.graceful_shutdown()).await;
         } else {
             let conn = self.protocols.http1.serve_connection(io, service);
-            drain(conn, Some(&busy), self.stop, |c| c.graceful_shutdown()).await;
+            let watch = Some((&*busy, self.protocols.header_timeout));
+            drain(conn, watch, self.stop, |c| c.graceful_shutdown()).await;
         }
     }
 
@@ -289,26 +297,45 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     }
 }
 
-/// Serves `conn` to its end. When the service stops, a connection in the
-/// middle of a request (bytes of it came in, its response has not gone
-/// out) first gets its answer, then the graceful close: hyper alone would
-/// close a connection whose request head is only partly read as if idle.
+/// Serves `conn` to its end. An HTTP/1 connection (`watch`) is closed
+/// once it falls silent (see [`silent`]). When the service stops, a
+/// connection in the middle of a request (bytes of it came in, its
+/// response has not gone out) first gets its answer, then the graceful
+/// close: hyper alone would close a connection whose request head is only
+/// partly read as if idle.
 async fn drain<C: Future>(
     conn: C,
-    busy: Option<&Busy>,
+    watch: Option<(&Busy, Duration)>,
     mut stop: watch::Receiver<bool>,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) {
-    tokio::pin!(conn);
-    // Errors here are clients going away mid-request: nothing to do.
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stop.wait_for(|s| *s) => {}
+    let silence = async {
+        match watch {
+            Some((busy, timeout)) => silent(busy, timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(conn, silence);
+    {
+        let guard = async {
+            tokio::select! {
+                biased;
+                () = silence.as_mut() => true,
+                _ = stop.wait_for(|s| *s) => false,
+            }
+        };
+        tokio::pin!(guard);
+        // Errors here are clients going away mid-request: nothing to do.
+        match Watched::new(conn.as_mut(), guard).await {
+            Ended::Conn(_) | Ended::Guard(true) => return,
+            Ended::Guard(false) => {}
+        }
     }
-    if let Some(busy) = busy {
+    if let Some((busy, _)) = watch {
         while busy.mid_request.load(Ordering::Acquire) {
             tokio::select! {
                 _ = conn.as_mut() => return,
+                () = silence.as_mut() => return,
                 () = busy.answered.notified() => {}
             }
         }
@@ -317,17 +344,40 @@ async fn drain<C: Future>(
     let _ = conn.await;
 }
 
-/// Whether a connection is in the middle of a request.
-#[derive(Default)]
+/// Completes once `timeout` has passed without a byte written to the
+/// client: since the connection started, or since the last write. As
+/// nothing is written before a request head is complete, that is the time
+/// a client has to send each head (idle keep-alive connections close
+/// after it too), and it also bounds a client that stops reading or
+/// trickles a body. One timer for the connection, reset only when it
+/// fires, instead of one per request.
+async fn silent(busy: &Busy, timeout: Duration) {
+    let mut deadline = busy.since + timeout;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        let wrote = busy.since + Duration::from_nanos(busy.wrote_at.load(Ordering::Relaxed));
+        if wrote + timeout <= deadline {
+            return;
+        }
+        deadline = wrote + timeout;
+    }
+}
+
+/// Whether a connection is in the middle of a request, and when it last
+/// wrote.
 struct Busy {
     /// Bytes came in since the last response went out.
     mid_request: AtomicBool,
     /// A response went out after bytes came in.
     answered: Notify,
+    /// When the connection started.
+    since: Instant,
+    /// When bytes last went out, in nanoseconds after `since`.
+    wrote_at: AtomicU64,
 }
 
-/// A stream that keeps [`Busy`] up to date: two atomic operations per
-/// request, no lock (`Notify` locks only when someone waits: at shutdown).
+/// A stream that keeps [`Busy`] up to date: a clock read and three atomic
+/// operations per request, no lock (`Notify` locks only when someone waits: at shutdown).
 struct Tracked<S> {
     io: S,
     busy: Arc<Busy>,
@@ -335,7 +385,12 @@ struct Tracked<S> {
 
 impl<S> Tracked<S> {
     fn new(io: S) -> (Tracked<S>, Arc<Busy>) {
-        let busy = Arc::new(Busy::default());
+        let busy = Arc::new(Busy {
+            mid_request: AtomicBool::new(false),
+            answered: Notify::new(),
+            since: Instant::now(),
+            wrote_at: AtomicU64::new(0),
+        });
         (
             Tracked {
                 io,
@@ -397,9 +452,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 impl<S> Tracked<S> {
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
-        if matches!(r, Poll::Ready(Ok(n)) if *n > 0)
-            && self.busy.mid_request.swap(false, Ordering::AcqRel)
-        {
+        if !matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            return;
+        }
+        let at = self.busy.since.elapsed().as_nanos();
+        self.busy
+            .wrote_at
+            .store(u64::try_from(at).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if self.busy.mid_request.swap(false, Ordering::AcqRel) {
             self.busy.answered.notify_one();
         }
     }

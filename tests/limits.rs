@@ -98,3 +98,43 @@ async fn an_idle_keepalive_connection_is_closed_after_the_header_timeout() {
         "closed after {idle:?}, before the timeout"
     );
 }
+
+/// A client that trickles its request head, a byte every 100 ms, is closed
+/// once `header_timeout` passes from the start of the head: progress on a
+/// head does not extend it (slow loris).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
+    let opts = Options {
+        extra: "[server]\nheader_timeout = \"1s\"\n",
+        ..Options::default()
+    };
+    let f = Fixture::start(vec![], opts).await;
+    let s = TcpStream::connect(f.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut rx, mut tx) = s.into_split();
+    let head = format!(
+        "GET {PKG} HTTP/1.1\r\nHost: t\r\nX-Slow: {}",
+        "a".repeat(200)
+    );
+    let trickle = tokio::spawn(async move {
+        for b in head.bytes() {
+            if tx.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let end = tokio::time::timeout(Duration::from_secs(20), rx.read(&mut buf))
+        .await
+        .expect("closed within 20 s");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    let took = started.elapsed();
+    // 25 s of head would have been sent by the end: the timeout, not the
+    // head's end, closed it.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    trickle.abort();
+}
