@@ -236,7 +236,7 @@ impl Task {
         let io = CloseOnDrop(TokioIo::new(io));
         let service = self.service(false);
         let conn = self.protocols.http1.serve_connection(io, service);
-        let watch = Some((&*busy, self.protocols.header_timeout));
+        let watch = (&*busy, self.protocols.header_timeout, Version::Http1);
         drain(conn, watch, self.stop, |c| c.graceful_shutdown()).await;
     }
 
@@ -258,12 +258,12 @@ impl Task {
         let service = self.service(true);
         let io = TokioIo::new(stream);
         if h2 {
-            // HTTP/2's graceful shutdown (GOAWAY) lets open streams finish.
             let conn = self.protocols.http2.serve_connection(io, service);
-            drain(conn, None, self.stop, |c| c.graceful_shutdown()).await;
+            let watch = (&*busy, self.protocols.header_timeout, Version::Http2);
+            drain(conn, watch, self.stop, |c| c.graceful_shutdown()).await;
         } else {
             let conn = self.protocols.http1.serve_connection(io, service);
-            let watch = Some((&*busy, self.protocols.header_timeout));
+            let watch = (&*busy, self.protocols.header_timeout, Version::Http1);
             drain(conn, watch, self.stop, |c| c.graceful_shutdown()).await;
         }
     }
@@ -297,24 +297,32 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     }
 }
 
-/// Serves `conn` to its end. An HTTP/1 connection (`watch`) is closed
-/// once it falls silent (see [`silent`]). When the service stops, a
-/// connection in the middle of a request (bytes of it came in, its
-/// response has not gone out) first gets its answer, then the graceful
-/// close: hyper alone would close a connection whose request head is only
-/// partly read as if idle.
+/// How a connection ends when it falls silent (see [`silent`]) or the
+/// service stops.
+enum Version {
+    /// Silent: closed at once (its client is mid-head, idle, or not
+    /// reading its answers). Stopping: a request partly read is answered
+    /// first.
+    Http1,
+    /// Silent: GOAWAY first, so that its client opens a new connection for
+    /// its next request instead of finding this one gone; closed if it has
+    /// not ended a timeout later. Stopping: GOAWAY, which lets open
+    /// streams finish.
+    Http2,
+}
+
+/// Serves `conn` to its end, or until it falls silent. When the service
+/// stops, a connection in the middle of a request (bytes of it came in,
+/// its response has not gone out) first gets its answer, then the
+/// graceful close: hyper alone would close a connection whose request
+/// head is only partly read as if idle.
 async fn drain<C: Future>(
     conn: C,
-    watch: Option<(&Busy, Duration)>,
+    (busy, timeout, version): (&Busy, Duration, Version),
     mut stop: watch::Receiver<bool>,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) {
-    let silence = async {
-        match watch {
-            Some((busy, timeout)) => silent(busy, timeout).await,
-            None => std::future::pending().await,
-        }
-    };
+    let silence = silent(busy, timeout);
     tokio::pin!(conn, silence);
     {
         let guard = async {
@@ -327,17 +335,22 @@ async fn drain<C: Future>(
         tokio::pin!(guard);
         // Errors here are clients going away mid-request: nothing to do.
         match Watched::new(conn.as_mut(), guard).await {
-            Ended::Conn(_) | Ended::Guard(true) => return,
+            Ended::Conn(_) => return,
+            Ended::Guard(true) => {
+                if let Version::Http2 = version {
+                    shutdown(conn.as_mut());
+                    let _ = tokio::time::timeout(timeout, conn).await;
+                }
+                return;
+            }
             Ended::Guard(false) => {}
         }
     }
-    if let Some((busy, _)) = watch {
-        while busy.mid_request.load(Ordering::Acquire) {
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                () = silence.as_mut() => return,
-                () = busy.answered.notified() => {}
-            }
+    while matches!(version, Version::Http1) && busy.mid_request.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = silence.as_mut() => return,
+            () = busy.answered.notified() => {}
         }
     }
     shutdown(conn.as_mut());

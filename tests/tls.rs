@@ -175,6 +175,35 @@ async fn http2_serves_a_burst_of_500_streams_on_one_connection() {
     }
 }
 
+/// An idle HTTP/2 connection is not held forever: once `header_timeout`
+/// passes without a request, the service sends GOAWAY and the connection
+/// ends cleanly (hyper's client connection future completes without an
+/// error), not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_goaway_after_the_header_timeout() {
+    let certs = tempfile::tempdir().unwrap();
+    let root = write_cert(certs.path());
+    let f = tls_fixture_with(certs.path(), "header_timeout = \"1s\"").await;
+    let tls = connect(tls_addr(&f), &root, b"h2").await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("https://localhost{PKG}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 302);
+    let idle = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("closed within 20 s")
+        .unwrap();
+    assert!(ended.is_ok(), "not a clean end: {ended:?}");
+    let took = idle.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+}
+
 /// The same client: over plain HTTP to its nearest `http://` mirror; over
 /// HTTPS, or through a trusted proxy that says https, to the origin.
 #[tokio::test]
