@@ -77,6 +77,26 @@ impl AccessLayer {
     }
 }
 
+/// The service's subscriber: the general log (RUST_LOG, default info) and,
+/// beside it, the access layer, in text or JSON; colours only for a person
+/// at a terminal (`ansi`), not in files and journals.
+pub fn subscriber(json: bool, ansi: bool) -> impl Subscriber + Send + Sync {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        // Access lines have their own layer, whatever RUST_LOG says.
+        .add_directive(format!("{TARGET}=off").parse().expect("a valid directive"));
+    let general = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let general = if json {
+        general.json().boxed()
+    } else {
+        general.with_ansi(ansi).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(general.with_filter(filter))
+        .with(AccessLayer::new(json))
+}
+
 /// The writer thread, started with the first line.
 fn writer() -> Option<&'static Thread> {
     shared()
@@ -122,6 +142,14 @@ pub fn flush() {
 }
 
 impl<S: Subscriber> Layer<S> for AccessLayer {
+    /// Without a hint, the subscriber's would be "everything" (the general
+    /// layer's filter is its own), and `log` records of every level, such
+    /// as mio's traces of each socket registered and deregistered, would
+    /// be dispatched and filtered one by one.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
+    }
+
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         if event.metadata().target() != TARGET {
             return;
@@ -351,6 +379,21 @@ mod tests {
         assert_eq!(line, "a\\\"b\\\\c\\u000ad\\u0001é");
         let v: serde_json::Value = serde_json::from_str(&format!("\"{line}\"")).unwrap();
         assert_eq!(v, "a\"b\\c\nd\u{1}é");
+    }
+
+    /// The subscriber's level hint is the general filter's, not "all":
+    /// `init` gives it to `log` as its maximum, and without it every `log`
+    /// record (mio traces each socket it registers) went through the
+    /// filters: 7% of the CPU per new connection (benches/RESULTS.md).
+    #[test]
+    fn the_level_hint_is_the_general_filters() {
+        // RUST_LOG is not set in the test environment; if it is, the hint
+        // follows it, and this checks only that there is one.
+        let hint = subscriber(false, false).max_level_hint();
+        match std::env::var_os("RUST_LOG") {
+            None => assert_eq!(hint, Some(tracing::level_filters::LevelFilter::INFO)),
+            Some(_) => assert!(hint.is_some()),
+        }
     }
 
     /// A flush swaps storage; it never leaves a thread an empty vector to

@@ -91,26 +91,8 @@ fn main() -> ExitCode {
 /// The general log (RUST_LOG, default info) and, beside it, the access
 /// log's own layer, in text or JSON.
 fn init_logging(json: bool) {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into())
-        // Access lines have their own layer, whatever RUST_LOG says.
-        .add_directive(
-            format!("{}=off", accesslog::TARGET)
-                .parse()
-                .expect("a valid directive"),
-        );
-    let general = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let general = if json {
-        general.json().boxed()
-    } else {
-        // Colours only for a person at a terminal, not in files and journals.
-        general.with_ansi(std::io::stderr().is_terminal()).boxed()
-    };
-    tracing_subscriber::registry()
-        .with(general.with_filter(filter))
-        .with(accesslog::AccessLayer::new(json))
-        .init();
+    use tracing_subscriber::util::SubscriberInitExt;
+    accesslog::subscriber(json, std::io::stderr().is_terminal()).init();
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
