@@ -159,9 +159,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let pages = Arc::new(Pages::default());
     let routing = Routing::new(config, geo, table).counted(&tally).share();
     let workers = config.server.workers;
-    let plain = server::bind_workers(&config.listen, workers)?;
+    // Set when binding: a reload that changes the header timeout changes
+    // the service's, not the kernel's deferral of silent connections.
+    let defer = config.server.header_timeout;
+    let plain = server::bind_workers(&config.listen, workers, defer)?;
     let tls_addrs: &[SocketAddr] = config.tls.as_ref().map_or(&[], |t| &t.listen);
-    let secure = server::bind_workers(tls_addrs, workers)?;
+    let secure = server::bind_workers(tls_addrs, workers, defer)?;
     let bound = |shards: &[Vec<std::net::TcpListener>]| -> Vec<SocketAddr> {
         shards[0]
             .iter()
@@ -170,7 +173,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     // One admin socket is plenty: it serves scrapes and a page now and then.
     let admin_addrs: &[SocketAddr] = config.admin.as_ref().map_or(&[], |a| &a.listen);
-    let admin = server::bind_exclusive(admin_addrs)?;
+    let admin = server::bind_exclusive(admin_addrs, defer)?;
     let (addrs, tls_addrs) = (bound(&plain), bound(&secure));
     let admin_addrs: Vec<SocketAddr> = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
     let metrics = Arc::new(Metrics {

@@ -138,3 +138,20 @@ async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
     );
     trickle.abort();
 }
+
+/// A client that connects and says nothing does not take a connection
+/// slot: the listener defers accepting until a client has sent something
+/// (TCP_DEFER_ACCEPT). With one slot and a 60 s header timeout, a silent
+/// connection accepted at once would hold the slot for a minute; the
+/// client after it is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_take_a_slot() {
+    let opts = Options {
+        extra: "[server]\nmax_connections = 1\nheader_timeout = \"60s\"\n",
+        ..Options::default()
+    };
+    let f = Fixture::start(vec![], opts).await;
+    let _silent = TcpStream::connect(f.addr()).await.unwrap();
+    let r = request(PKG, None);
+    assert_eq!(status_of(f.addr(), r, false).await, "HTTP/1.1 302 Found");
+}

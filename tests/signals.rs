@@ -281,8 +281,16 @@ fn access_log_writes_one_json_line_per_request() {
 fn serving_resumes_after_running_out_of_file_descriptors() {
     let service = Service::start_limited(None, "header_timeout = \"60s\"\n", Some(64));
     let addr = service.addr();
-    // Idle connections until accepting fails for want of descriptors.
-    let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Connections that start a request and stall, until accepting fails
+    // for want of descriptors. (Silent ones would wait in the kernel: the
+    // listener defers accepting until a client has sent something.)
+    let idle: Vec<TcpStream> = (0..80)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET ").unwrap();
+            s
+        })
+        .collect();
     service.line_with("accept failed");
     // While exhausted, a request waits in the backlog...
     let mut waiting = TcpStream::connect(addr).unwrap();

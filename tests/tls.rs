@@ -340,7 +340,12 @@ async fn stalled_handshakes_from_one_network_do_not_starve_others() {
     let addr = tls_addr(&f);
     let mut opened = Vec::new();
     for _ in 0..5 {
-        opened.push(connect_from("127.0.0.2", addr).await);
+        // The first byte of a handshake record, then nothing: a client
+        // that says nothing at all waits in the kernel, not in a place
+        // (the listener defers accepting until a client has sent something).
+        let mut s = connect_from("127.0.0.2", addr).await;
+        s.write_all(&[0x16]).await.unwrap();
+        opened.push(s);
     }
     // Connections are served in whatever order the server's threads take
     // them up, so any one of the five may be the one past the cap.
