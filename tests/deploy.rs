@@ -23,6 +23,8 @@ fn the_unit_has_readiness_reload_and_a_sandbox() {
         "Restart=on-failure",
         // sd_notify needs a Unix socket.
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        // The GeoIP copies on disk, not in a tmpfs /tmp.
+        "Environment=TMPDIR=/var/tmp",
     ] {
         assert!(unit.lines().any(|l| l == want), "{want:?} missing");
     }

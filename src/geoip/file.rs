@@ -8,6 +8,8 @@
 //! copied first into an anonymous temporary file (unlinked at creation:
 //! only this process holds it, nobody can change it) and that is mapped.
 //! The copy is sequential and from the page cache: about 40 ms for 70 MB.
+//! It goes to `TMPDIR`, which should be on disk: in a tmpfs the copy
+//! takes its whole size in RAM (the systemd unit sets `/var/tmp`).
 //! Where no temporary file can be made, the bytes are read onto the heap.
 
 use std::fs::File;
