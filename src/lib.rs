@@ -28,10 +28,11 @@
 //! - [`client`]: the client's address, behind trusted proxies.
 //! - [`frontend`]: request to outcome to response, in one place; counts
 //!   and logs each.
-//! - [`server`]: accept, connection limits, TLS handshakes (capped for the
-//!   service and per client network), HTTP/1.1 and HTTP/2, graceful
-//!   shutdown; one loop per serving thread, each with its own SO_REUSEPORT
-//!   sockets.
+//! - [`server`]: accept (deferred until the client speaks), connection
+//!   limits, TLS handshakes (capped for the service and per client
+//!   network), HTTP/1.1 and HTTP/2, one timeout per connection for silent
+//!   clients, graceful shutdown; one loop per serving thread, each with
+//!   its own SO_REUSEPORT sockets.
 //! - [`tls`]: the certificate (replaceable while serving) and rustls config.
 //! - [`app`]: wiring from a config to a running service: the publisher and
 //!   prober on the caller's runtime, the work-stealing runtime that serves;
@@ -42,7 +43,8 @@
 //!   snapshot and the probe board.
 //! - [`status`]: the `/mirrors` page and its JSON: states, a map, coverage.
 //! - [`explain`]: why a client goes where it goes (`?mirrorlist`, `locate`).
-//! - [`accesslog`]: one line per request, batched off the serving threads.
+//! - [`accesslog`]: the log's subscriber, and one line per request,
+//!   batched off the serving threads.
 //! - [`malloc`]: glibc told to return large freed blocks (reloaded tables).
 //! - [`commands`]: the `check`, `locate` and `probe` subcommands.
 //! - [`demo`]: the `demo` subcommand: a miniature mirror network on loopback.
