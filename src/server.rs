@@ -101,8 +101,9 @@ impl Protocols {
 
 /// Binds every address once per worker, with SO_REUSEPORT; fails on the
 /// first that cannot be bound, naming it. Port 0 is resolved by the first
-/// socket, and the other workers bind the port it got. `defer`: see
-/// [`defer_accept`].
+/// socket, and the other workers bind the port it got. Each defers
+/// accepting a connection until its client has sent something, for at
+/// most `defer`.
 pub fn bind_workers(
     addrs: &[SocketAddr],
     workers: usize,
