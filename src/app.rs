@@ -159,8 +159,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let pages = Arc::new(Pages::default());
     let routing = Routing::new(config, geo, table).counted(&tally).share();
     let workers = config.server.workers;
-    // Set when binding: a reload that changes the header timeout changes
-    // the service's, not the kernel's deferral of silent connections.
+    // The kernel defers silent connections for as long as the header
+    // timeout; both are `[server]` settings, taken at a restart only.
     let defer = config.server.header_timeout;
     let plain = server::bind_workers(&config.listen, workers, defer)?;
     let tls_addrs: &[SocketAddr] = config.tls.as_ref().map_or(&[], |t| &t.listen);
