@@ -410,14 +410,23 @@ async fn drain<C: Future>(
 /// trickles a body. One timer for the connection, reset only when it
 /// fires, instead of one per request.
 async fn silent(busy: &Busy, timeout: Duration) {
-    let mut deadline = busy.since + timeout;
+    // A timeout too long for the clock (`header_timeout = "500000y"`)
+    // never ends a connection, instead of panicking in its task.
+    let after = |nanos: u64| {
+        busy.since
+            .checked_add(Duration::from_nanos(nanos))?
+            .checked_add(timeout)
+    };
+    let Some(mut deadline) = after(0) else {
+        return std::future::pending().await;
+    };
     loop {
         tokio::time::sleep_until(deadline).await;
-        let wrote = busy.since + Duration::from_nanos(busy.wrote_at.load(Ordering::Relaxed));
-        if wrote + timeout <= deadline {
-            return;
+        match after(busy.wrote_at.load(Ordering::Relaxed)) {
+            None => return std::future::pending().await,
+            Some(next) if next > deadline => deadline = next,
+            Some(_) => return,
         }
-        deadline = wrote + timeout;
     }
 }
 
@@ -435,7 +444,8 @@ struct Busy {
 }
 
 /// A stream that keeps [`Busy`] up to date: a clock read and three atomic
-/// operations per request, no lock (`Notify` locks only when someone waits: at shutdown).
+/// operations per request, no lock (`Notify` locks only when someone
+/// waits: at shutdown).
 struct Tracked<S> {
     io: S,
     busy: Arc<Busy>,
@@ -594,6 +604,25 @@ async fn accept_error(e: io::Error) {
 mod tests {
     use super::*;
 
+    /// Silence is counted from the last write, once per write, exactly; a
+    /// timeout past the clock's range never ends a connection.
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_counted_from_the_last_write() {
+        let (tracked, busy) = Tracked::new(());
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        tracked.wrote(&Poll::Ready(Ok(1)));
+        // Nothing written: no effect.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        tracked.wrote(&Poll::Ready(Ok(0)));
+        silent(&busy, Duration::from_secs(10)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(14));
+
+        let forever = silent(&busy, Duration::MAX);
+        let waited = tokio::time::timeout(Duration::from_secs(1_000_000), forever).await;
+        assert!(waited.is_err(), "a timeout past the clock's range ended");
+    }
+
     /// Responses go out at once: accepted sockets have TCP_NODELAY, set on
     /// the listener and inherited.
     #[tokio::test]
@@ -602,7 +631,11 @@ mod tests {
         let mut shards = bind_workers(&[loopback], 1, Duration::from_secs(1)).unwrap();
         let listener = TcpListener::from_std(shards.remove(0).remove(0)).unwrap();
         let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // A first byte: the listener defers accepting until one comes.
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"G")
+            .await
+            .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PKG: &str = "/distri/jackherer/pkg/pkg001-amd64-1.0-1.squashfs";
@@ -22,6 +22,26 @@ async fn status_of(addr: SocketAddr, request: Vec<u8>, half_close: bool) -> Stri
         .expect("an answer within 10 s");
     let text = String::from_utf8_lossy(&buf);
     text.lines().next().unwrap_or("").to_string()
+}
+
+/// The fixture with `extra` added to its config.
+async fn with_config(extra: &'static str) -> Fixture {
+    let opts = Options {
+        extra,
+        ..Options::default()
+    };
+    Fixture::start(vec![], opts).await
+}
+
+/// How long after `since` the service closed its end of `s`: the next
+/// read must find the close, not data, within 20 s.
+async fn closed_after(s: &mut (impl AsyncRead + Unpin), since: std::time::Instant) -> Duration {
+    let mut buf = vec![0u8; 4096];
+    let end = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("closed within 20 s");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    since.elapsed()
 }
 
 fn request(target: &str, extra_header: Option<(&str, usize)>) -> Vec<u8> {
@@ -72,11 +92,7 @@ async fn limits_refuse_what_is_too_big_and_serve_the_rest() {
 /// never sent one is: idle clients cannot hold connection slots forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_connection_is_closed_after_the_header_timeout() {
-    let opts = Options {
-        extra: "[server]\nheader_timeout = \"1s\"\n",
-        ..Options::default()
-    };
-    let f = Fixture::start(vec![], opts).await;
+    let f = with_config("[server]\nheader_timeout = \"1s\"\n").await;
     let mut s = TcpStream::connect(f.addr()).await.unwrap();
     let keep_alive = format!("GET {PKG} HTTP/1.1\r\nHost: t\r\n\r\n");
     s.write_all(keep_alive.as_bytes()).await.unwrap();
@@ -87,12 +103,7 @@ async fn an_idle_keepalive_connection_is_closed_after_the_header_timeout() {
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
     );
-    let started = std::time::Instant::now();
-    let rest = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
-        .await
-        .expect("closed within 20 s");
-    assert!(matches!(rest, Ok(0) | Err(_)), "{rest:?}");
-    let idle = started.elapsed();
+    let idle = closed_after(&mut s, std::time::Instant::now()).await;
     assert!(
         idle >= Duration::from_millis(900),
         "closed after {idle:?}, before the timeout"
@@ -104,11 +115,7 @@ async fn an_idle_keepalive_connection_is_closed_after_the_header_timeout() {
 /// head does not extend it (slow loris).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
-    let opts = Options {
-        extra: "[server]\nheader_timeout = \"1s\"\n",
-        ..Options::default()
-    };
-    let f = Fixture::start(vec![], opts).await;
+    let f = with_config("[server]\nheader_timeout = \"1s\"\n").await;
     let s = TcpStream::connect(f.addr()).await.unwrap();
     let started = std::time::Instant::now();
     let (mut rx, mut tx) = s.into_split();
@@ -124,12 +131,7 @@ async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut buf = vec![0u8; 4096];
-    let end = tokio::time::timeout(Duration::from_secs(20), rx.read(&mut buf))
-        .await
-        .expect("closed within 20 s");
-    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
-    let took = started.elapsed();
+    let took = closed_after(&mut rx, started).await;
     // 25 s of head would have been sent by the end: the timeout, not the
     // head's end, closed it.
     assert!(
@@ -146,11 +148,7 @@ async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
 /// client after it is answered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_does_not_take_a_slot() {
-    let opts = Options {
-        extra: "[server]\nmax_connections = 1\nheader_timeout = \"60s\"\n",
-        ..Options::default()
-    };
-    let f = Fixture::start(vec![], opts).await;
+    let f = with_config("[server]\nmax_connections = 1\nheader_timeout = \"60s\"\n").await;
     let _silent = TcpStream::connect(f.addr()).await.unwrap();
     let r = request(PKG, None);
     assert_eq!(status_of(f.addr(), r, false).await, "HTTP/1.1 302 Found");
