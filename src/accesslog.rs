@@ -20,6 +20,7 @@ use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
@@ -80,21 +81,113 @@ impl AccessLayer {
 /// The service's subscriber: the general log (RUST_LOG, default info) and,
 /// beside it, the access layer, in text or JSON; colours only for a person
 /// at a terminal (`ansi`), not in files and journals.
+///
+/// One global filter, not one per layer: with a per-layer filter that
+/// refuses access events beside a layer that takes them, `tracing` marks
+/// the access callsite "sometimes" and asks every layer's filter about
+/// every line, which cost a tenth of the throughput (benches/RESULTS.md).
+/// Here the filter enables access events for the whole subscriber, the
+/// callsite is "always", and the general layer skips them itself.
 pub fn subscriber(json: bool, ansi: bool) -> impl Subscriber + Send + Sync {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into())
-        // Access lines have their own layer, whatever RUST_LOG says.
-        .add_directive(format!("{TARGET}=off").parse().expect("a valid directive"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let general = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let general = if json {
         general.json().boxed()
     } else {
         general.with_ansi(ansi).boxed()
     };
+    assemble(filter, general, AccessLayer::new(json))
+}
+
+/// Below the general layer: the filter over the registry.
+type Base =
+    tracing_subscriber::layer::Layered<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+/// The general log's layer, whatever its format.
+type General = Box<dyn Layer<Base> + Send + Sync>;
+/// Below the access layer.
+type WithGeneral = tracing_subscriber::layer::Layered<SkipAccess<General>, Base>;
+
+/// The general layer under `filter`, and `access` beside it with every
+/// access event, whatever the filter says of that target.
+fn assemble<A>(
+    filter: tracing_subscriber::EnvFilter,
+    general: General,
+    access: A,
+) -> impl Subscriber + Send + Sync
+where
+    A: Layer<WithGeneral> + Send + Sync,
+{
+    use tracing_subscriber::prelude::*;
+    // Access lines are governed by the config, not by RUST_LOG.
+    let filter = filter.add_directive(format!("{TARGET}=info").parse().expect("a valid directive"));
     tracing_subscriber::registry()
-        .with(general.with_filter(filter))
-        .with(AccessLayer::new(json))
+        .with(filter)
+        .with(SkipAccess(general))
+        .with(access)
+}
+
+/// A layer with every event of [`TARGET`] taken out; all else passes.
+pub struct SkipAccess<L>(L);
+
+impl<S: Subscriber, L: Layer<S>> Layer<S> for SkipAccess<L> {
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if event.metadata().target() != TARGET {
+            self.0.on_event(event, ctx);
+        }
+    }
+
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber);
+    }
+
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, ctx);
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_record(&self, span: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        self.0.on_record(span, values, ctx);
+    }
+
+    fn on_follows_from(&self, span: &Id, follows: &Id, ctx: Context<'_, S>) {
+        self.0.on_follows_from(span, follows, ctx);
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        self.0.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        self.0.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
+
+    fn on_id_change(&self, old: &Id, new: &Id, ctx: Context<'_, S>) {
+        self.0.on_id_change(old, new, ctx);
+    }
 }
 
 /// The writer thread, started with the first line.
@@ -142,14 +235,6 @@ pub fn flush() {
 }
 
 impl<S: Subscriber> Layer<S> for AccessLayer {
-    /// Without a hint, the subscriber's would be "everything" (the general
-    /// layer's filter is its own), and `log` records of every level, such
-    /// as mio's traces of each socket registered and deregistered, would
-    /// be dispatched and filtered one by one.
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::INFO)
-    }
-
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         if event.metadata().target() != TARGET {
             return;
@@ -381,10 +466,10 @@ mod tests {
         assert_eq!(v, "a\"b\\c\nd\u{1}é");
     }
 
-    /// The subscriber's level hint is the general filter's, not "all":
-    /// `init` gives it to `log` as its maximum, and without it every `log`
-    /// record (mio traces each socket it registers) went through the
-    /// filters: 7% of the CPU per new connection (benches/RESULTS.md).
+    /// The subscriber's level hint is the filter's, not "all": `init`
+    /// gives it to `log` as its maximum, and without it every `log` record
+    /// (mio traces each socket it registers) went through the filters: 7%
+    /// of the CPU per new connection (benches/RESULTS.md).
     #[test]
     fn the_level_hint_is_the_general_filters() {
         // RUST_LOG is not set in the test environment; if it is, the hint
@@ -393,6 +478,55 @@ mod tests {
         match std::env::var_os("RUST_LOG") {
             None => assert_eq!(hint, Some(tracing::level_filters::LevelFilter::INFO)),
             Some(_) => assert!(hint.is_some()),
+        }
+    }
+
+    /// Records the targets and levels of the events it is given, and the
+    /// metadata of the last one.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<(Vec<String>, Option<&'static tracing::Metadata<'static>>)>>);
+
+    impl<S: Subscriber> Layer<S> for Seen {
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            let m = event.metadata();
+            let mut seen = self.0.lock().unwrap();
+            seen.0.push(format!("{} {}", m.level(), m.target()));
+            seen.1 = Some(m);
+        }
+    }
+
+    /// Access events go to the access layer and never to the general one,
+    /// whatever RUST_LOG says of them; the rest follows RUST_LOG. And the
+    /// access callsite's interest is "always": no filter is asked per line
+    /// (with a per-layer filter it was "sometimes", a tenth of the
+    /// throughput; benches/RESULTS.md).
+    #[test]
+    fn access_events_reach_only_the_access_layer() {
+        for spec in ["warn", "access=off,info", "debug"] {
+            let (general, access) = (Seen::default(), Seen::default());
+            let filter = tracing_subscriber::EnvFilter::new(spec);
+            let sub = assemble(filter, Box::new(general.clone()), access.clone());
+            let dispatch = tracing::Dispatch::new(sub);
+            tracing::dispatcher::with_default(&dispatch, || {
+                tracing::info!(target: "access", path = "/a");
+            });
+            let callsite = access.0.lock().unwrap().1.unwrap();
+            assert!(dispatch.register_callsite(callsite).is_always(), "{spec}");
+            tracing::dispatcher::with_default(&dispatch, || {
+                tracing::info!(target: "distri_redirector", "serving");
+                tracing::warn!(target: "distri_redirector", "slow");
+            });
+            let general = general.0.lock().unwrap().0.clone();
+            let want: &[&str] = match spec {
+                "warn" => &["WARN distri_redirector"],
+                _ => &["INFO distri_redirector", "WARN distri_redirector"],
+            };
+            assert_eq!(general, want, "{spec}");
+            let access = access.0.lock().unwrap().0.clone();
+            assert!(
+                access.contains(&"INFO access".to_string()),
+                "{spec}: {access:?}"
+            );
         }
     }
 
