@@ -10,6 +10,8 @@
 #   CONTROL=1 bash benches/access-log.sh       # A/A: the log off on both sides
 #   SINK=/dev/null bash benches/access-log.sh  # the log's own cost, without the disk's
 #   PIN=1 bash benches/access-log.sh           # one serving thread each on CPU 0, wrk on CPU 1
+#   NGINX=1 bash benches/access-log.sh         # the reference: nginx's access log, off and on
+#                                              # (buffer=64k flush=100ms), to the same sink
 #
 # Everything runs on loopback. Installs wrk if missing.
 set -euo pipefail
@@ -35,6 +37,29 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$logs"; }
 trap cleanup EXIT
 
+if [ "${NGINX:-0}" = 1 ]; then
+  need nginx nginx-light
+  # Two nginx, the same `return 302` as benches/load.sh, one writing a line
+  # of about the redirector's fields per request, buffered as the
+  # redirector buffers.
+  for side in off on; do
+    addr=$OFF log="access_log off;"
+    if [ "$side" = on ]; then addr=$ON log="access_log ${SINK:-$logs/on.log} fields buffer=64k flush=100ms;"; fi
+    nginx_conf "$work/$side" "$WORKERS" <<NGINX
+  log_format fields '\$time_iso8601 \$remote_addr \$request_method \$request_uri \$status \$request_time';
+  server {
+    listen $addr;
+    $log
+    location / { return 302 https://m1.example.org/distri-mirror\$request_uri; }
+  }
+NGINX
+    "${server_cpu[@]}" nginx -c "$work/$side/nginx.conf" -p "$work/$side" -g 'daemon off;' &
+    pids+=($!)
+    for _ in $(seq 50); do curl -s -o /dev/null "http://$addr/" && break; sleep 0.1; done
+  done
+  off_pid=${pids[0]}; on_pid=${pids[1]}
+  echo "NGINX=1: both sides are nginx, its access log off and on"
+else
 start_fixture "$work/off.toml" --mirrors 50 --listen "$OFF" --interval 10s --workers "$WORKERS"
 sed -e "s|$OFF|$ON|" "$work/off.toml" > "$work/on.toml"
 if [ "${CONTROL:-0}" = 1 ]; then
@@ -51,16 +76,21 @@ off_pid=$!; pids+=($off_pid)
 on_pid=$!; pids+=($on_pid)
 wait_up "$logs/off.log" 50
 if [ -n "${SINK:-}" ]; then sleep 1; else wait_up "$logs/on.log" 50; fi
+fi
+# A server's processes: nginx's master and workers, or the redirector.
+procs() { echo "$1" $(pgrep -P "$1"); }
 
 echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS rounds, alternating; access log format: $FORMAT"
 : > "$work/r.off"; : > "$work/r.on"
 for r in $(seq "$ROUNDS"); do
-  a=$(wrk_run "http://$OFF" 0 "$off_pid"); b=$(wrk_run "http://$ON" 0 "$on_pid")
+  a=$(wrk_run "http://$OFF" 0 $(procs "$off_pid")); b=$(wrk_run "http://$ON" 0 $(procs "$on_pid"))
   echo "  round $r: log off $a | log on $b"
   echo "$a" >> "$work/r.off"; echo "$b" >> "$work/r.on"
 done
 summarise "log-on" "$work/r.off" "$work/r.on" | sed -e 's/nginx/log off/g' -e 's/redirector/log on/g'
 if [ -z "${SINK:-}" ]; then
-  echo "access log lines written: $(grep -c '"access"\|access:' "$logs/on.log" || true); one of them:"
-  grep -m1 'access' "$logs/on.log" || true
+  if [ "${NGINX:-0}" = 1 ]; then n=$(wc -l < "$logs/on.log"); first=$(head -1 "$logs/on.log")
+  else n=$(grep -c '"access"\|access:' "$logs/on.log" || true); first=$(grep -m1 'access' "$logs/on.log" || true); fi
+  echo "access log lines written: $n; one of them:"
+  echo "$first"
 fi
