@@ -9,8 +9,8 @@
 //! with one location, adjacent runs with equal locations merged.
 //!
 //! Sized for a full city database: DB-IP's (6.3 M IPv4 networks, 425,000
-//! records) becomes 3.7 M ranges in 6 bytes each (`Ranges::Narrow`) and
-//! 0.42 M places in 12 bytes each, 27 MB in all, built in about half a
+//! records) becomes 3.7 M ranges in 5 bytes each (`Ranges::Narrow`) and
+//! 0.42 M places in 12 bytes each, 24 MB in all, built in about half a
 //! second. Smaller tables keep 8 bytes a range, one cache miss fewer.
 
 use std::collections::HashMap;
@@ -19,7 +19,8 @@ use std::net::Ipv4Addr;
 use super::Location;
 
 /// At most this many ranges (32 MB at most) or distinct records are
-/// copied; a larger database keeps its tree walk.
+/// copied; a larger database keeps its tree walk. Location ids therefore
+/// fit in 3 bytes.
 const MAX_RANGES: usize = 1 << 22;
 
 pub struct V4Table {
@@ -27,8 +28,8 @@ pub struct V4Table {
     locations: Places,
 }
 
-/// Past this many ranges, the narrow layout: it saves 2 bytes a range
-/// (7 MB in a full city database) for one more dependent cache miss.
+/// Past this many ranges, the narrow layout: it saves 3 bytes a range
+/// (11 MB in a full city database) for one more dependent cache miss.
 const NARROW_FROM: usize = 1 << 20;
 
 /// The ranges, in one of two layouts. Lookups in the wide one took 126 ns
@@ -48,11 +49,12 @@ enum Ranges {
     /// `count` ranges from `first` (holding the /16's first address) are
     /// those holding some of its addresses. `lows`: each range's first
     /// address, its low 16 bits (the high ones are its /16's); `ids`: each
-    /// range's location.
+    /// range's location, in 3 bytes (4 took 3.7 MB more of a full city
+    /// database's 50 MB budget).
     Narrow {
         jump: Box<[u64]>,
         lows: Box<[u16]>,
-        ids: Box<[u32]>,
+        ids: Ids,
     },
 }
 
@@ -309,7 +311,7 @@ impl V4Table {
     pub fn ranges(&self) -> usize {
         match &self.ranges {
             Ranges::Wide { ranges, .. } => ranges.len(),
-            Ranges::Narrow { ids, .. } => ids.len(),
+            Ranges::Narrow { lows, .. } => lows.len(),
         }
     }
 }
@@ -364,7 +366,7 @@ impl Ranges {
         Ranges::Narrow {
             jump,
             lows,
-            ids: ids.into(),
+            ids: Ids::new(&ids),
         }
     }
 
@@ -403,9 +405,33 @@ impl Ranges {
                 let later = lows
                     .get(k + 1..k + n)
                     .map_or(0, |l| l.partition_point(|&s| s <= low));
-                ids.get(k + later).copied().unwrap_or(0)
+                ids.get(k + later)
             }
         }
+    }
+}
+
+/// Location ids below 2^24, 3 bytes each, little-endian, with one byte of
+/// padding at the end so that each is read as one 4-byte load.
+struct Ids(Box<[u8]>);
+
+impl Ids {
+    fn new(ids: &[u32]) -> Ids {
+        let mut bytes = Vec::with_capacity(3 * ids.len() + 1);
+        for id in ids {
+            debug_assert!(*id < 1 << 24, "MAX_RANGES keeps ids in 3 bytes");
+            bytes.extend_from_slice(&id.to_le_bytes()[..3]);
+        }
+        bytes.push(0);
+        Ids(bytes.into())
+    }
+
+    /// The `i`th id; 0 ("no data") past the end.
+    fn get(&self, i: usize) -> u32 {
+        self.0
+            .get(3 * i..3 * i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, |b| u32::from_le_bytes(b) & 0xFF_FFFF)
     }
 }
 
@@ -536,6 +562,30 @@ mod tests {
                 "{lat}"
             );
         }
+    }
+
+    /// Ids up to the largest 3 bytes hold come back; past the end is 0.
+    #[test]
+    fn ids_keep_three_bytes_each() {
+        let want: Vec<u32> = vec![
+            0,
+            1,
+            0xFF,
+            0x100,
+            0xFFFF,
+            0x1_0000,
+            0xAB_CDEF,
+            (1 << 24) - 1,
+            7,
+        ];
+        let ids = Ids::new(&want);
+        assert_eq!(ids.0.len(), 3 * want.len() + 1);
+        for (i, &id) in want.iter().enumerate() {
+            assert_eq!(ids.get(i), id, "{i}");
+        }
+        assert_eq!(ids.get(want.len()), 0);
+        assert_eq!(ids.get(usize::MAX / 4), 0);
+        assert_eq!(Ids::new(&[]).get(0), 0);
     }
 
     #[test]
