@@ -53,23 +53,29 @@ NGINX
   } > "$work/nginx.conf"
 }
 
+# The machine's idle and total CPU time (clock ticks, all CPUs): "idle total".
+idle_ticks() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+
 # CPU time (user + system, in clock ticks) of processes and their threads.
 ticks() { for p in "$@"; do cat /proc/"$p"/task/*/stat; done 2>/dev/null | awk '{ t += $14 + $15 } END { print t }'; }
 
 # wrk_run URL CLOSE PID...: one wrk run with $CONNS connections for
 # $DURATION (benches/xff.lua: every request from another client; CLOSE=1 a
 # new connection per request), under $WRK_PREFIX (e.g. taskset) if set.
-# Prints "rps p50_ms p99_ms cpu_us_per_request": the CPU of the server's
-# PIDs and their threads, divided by the requests served.
+# Prints "rps p50_ms p99_ms cpu_us_per_request idle_pct": the CPU of the
+# server's PIDs and their threads, divided by the requests served; and the
+# share of the machine's CPU time nobody used meanwhile (a closed loop
+# like wrk's leaves CPUs idle while each side waits for the other to wake).
 wrk_run() {
   local url=$1 close=$2; shift 2
-  local t0 out; t0=$(ticks "$@")
+  local t0 i0 out; t0=$(ticks "$@"); i0=$(idle_ticks)
   # shellcheck disable=SC2086 # WRK_PREFIX is a command and its arguments
   out=$(WRK_CLOSE=$close ${WRK_PREFIX:-} wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "$url" 2>/dev/null)
-  awk -v t0="$t0" -v t1="$(ticks "$@")" -v hz="$(getconf CLK_TCK)" '
+  awk -v t0="$t0" -v t1="$(ticks "$@")" -v hz="$(getconf CLK_TCK)" -v i0="$i0" -v i1="$(idle_ticks)" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
-    END { printf "%.0f %.3f %.3f %.2f\n", rps, p50, p99, n ? (t1 - t0) / hz * 1e6 / n : 0 }' <<< "$out"
+    END { split(i0, a, " "); split(i1, b, " ")
+          printf "%.0f %.3f %.3f %.2f %.1f\n", rps, p50, p99, n ? (t1 - t0) / hz * 1e6 / n : 0, (b[2] > a[2] ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0) }' <<< "$out"
 }
 
 # summarise MODE NGINX_FILE REDIRECTOR_FILE: the median of each column of
@@ -77,12 +83,12 @@ wrk_run() {
 summarise() {
   local mode=$1 n r
   median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-  n=$(for c in 1 2 3 4; do cut -d' ' -f$c "$2" | median; done | tr '\n' ' ')
-  r=$(for c in 1 2 3 4; do cut -d' ' -f$c "$3" | median; done | tr '\n' ' ')
+  n=$(for c in 1 2 3 4 5; do cut -d' ' -f$c "$2" | median; done | tr '\n' ' ')
+  r=$(for c in 1 2 3 4 5; do cut -d' ' -f$c "$3" | median; done | tr '\n' ' ')
   awk -v m="$mode" -v n="$n" -v r="$r" 'BEGIN {
     split(n, a, " "); split(r, b, " ")
     printf "%-10s nginx %8d req/s p50 %6.3f ms p99 %6.3f ms | redirector %8d req/s p50 %6.3f ms p99 %6.3f ms\n", m, a[1], a[2], a[3], b[1], b[2], b[3]
-    printf "%-10s ratio redirector/nginx: throughput %.2fx, p99 latency %.2fx, CPU per request %.2fx (%.2f vs %.2f us)\n", m, b[1] / a[1], b[3] / a[3], b[4] / a[4], b[4], a[4] }'
+    printf "%-10s ratio redirector/nginx: throughput %.2fx, p99 latency %.2fx, CPU per request %.2fx (%.2f vs %.2f us); machine idle %.1f%% vs %.1f%%\n", m, b[1] / a[1], b[3] / a[3], b[4] / a[4], b[4], a[4], b[5], a[5] }'
 }
 
 # full_city: prints the comma-separated paths of DB-IP's full-resolution

@@ -5,7 +5,9 @@
 # ratios, then the redirector's resident memory. Each round's fourth figure
 # is the server's CPU time per request in microseconds, all its threads or
 # processes: steadier than the latencies on a shared machine, and what
-# decides the tail when the server is near saturation.
+# decides the tail when the server is near saturation. The fifth is the
+# share of the machine's CPU time left idle during the round: on a machine
+# that wrk and the server share, time idle is throughput lost to waiting.
 #
 #   bash benches/load.sh                 # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s bash benches/load.sh
