@@ -129,7 +129,7 @@ where
 }
 
 /// A layer with every event of [`TARGET`] taken out; all else passes.
-pub struct SkipAccess<L>(L);
+struct SkipAccess<L>(L);
 
 impl<S: Subscriber, L: Layer<S>> Layer<S> for SkipAccess<L> {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
