@@ -68,12 +68,12 @@ thread_local! {
 
 /// The layer; install it beside the general one, which must skip
 /// [`TARGET`].
-pub struct AccessLayer {
+struct AccessLayer {
     json: bool,
 }
 
 impl AccessLayer {
-    pub fn new(json: bool) -> AccessLayer {
+    fn new(json: bool) -> AccessLayer {
         AccessLayer { json }
     }
 }

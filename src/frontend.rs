@@ -391,7 +391,7 @@ fn access_log<B>(
     let mut ip = IpText::default();
     let path = req.uri().path_and_query().map_or("", |p| p.as_str());
     tracing::info!(
-        target: "access",
+        target: crate::accesslog::TARGET,
         client = ip.of(served.client),
         method = req.method().as_str(),
         path,

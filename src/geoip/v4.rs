@@ -285,18 +285,18 @@ impl V4Builder {
         }
         starts.truncate(kept);
         runs.truncate(kept);
-        Some(V4Table::new(&starts, runs, locations, self.narrow_from))
+        Some(V4Table::new(&starts, &runs, locations, self.narrow_from))
     }
 }
 
 impl V4Table {
     /// The table of ranges starting at `starts` (ascending, the first at
     /// 0) with locations `ids`.
-    fn new(starts: &[u32], ids: Vec<u32>, locations: Vec<Location>, narrow_from: usize) -> V4Table {
+    fn new(starts: &[u32], ids: &[u32], locations: Vec<Location>, narrow_from: usize) -> V4Table {
         let ranges = if starts.len() >= narrow_from {
             Ranges::narrow(starts, ids)
         } else {
-            Ranges::wide(starts, &ids)
+            Ranges::wide(starts, ids)
         };
         V4Table {
             ranges,
@@ -352,7 +352,7 @@ impl Ranges {
         Ranges::Wide { jump, ranges }
     }
 
-    fn narrow(starts: &[u32], ids: Vec<u32>) -> Ranges {
+    fn narrow(starts: &[u32], ids: &[u32]) -> Ranges {
         let jump = Ranges::bounds(starts)
             .map(|(k, end)| {
                 if end == k + 1 {
@@ -366,7 +366,7 @@ impl Ranges {
         Ranges::Narrow {
             jump,
             lows,
-            ids: Ids::new(&ids),
+            ids: Ids::new(ids),
         }
     }
 
