@@ -29,6 +29,9 @@
 #                                        # root), as a client on its own machine would be: the
 #                                        # servers cannot keep their own load generator waiting
 #                                        # (benches/runqueue.sh shows the waits)
+#   PROXY=1 bash benches/load.sh         # both behind a local nginx reverse proxy (2 workers,
+#                                        # keep-alive upstreams, X-Forwarded-For appended), as
+#                                        # when a proxy on the same host terminates TLS
 #   CONTROL=1 bash benches/load.sh       # A/A control: a second nginx in the redirector's place,
 #                                        # to show how far the ratios of identical servers spread
 #   AGAINST=/path/to/distri-redirector bash benches/load.sh
@@ -50,12 +53,15 @@ AGAINST=${AGAINST:-}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 AWAKE=${AWAKE:-0}
 WRK_NICE=${WRK_NICE:-}
+PROXY=${PROXY:-0}
 CITY=${CITY:-}
 export WRK_V6=${V6:-0}
 FIXTURE=127.0.0.1:18180
 REDIRECTOR=127.0.0.1:18181
 NGINX=127.0.0.1:18182
 CONTROL_ADDR=127.0.0.1:18183
+PROXY_TO_NGINX=127.0.0.1:18184
+PROXY_TO_REDIRECTOR=127.0.0.1:18185
 
 source benches/common.sh
 need wrk wrk
@@ -110,6 +116,23 @@ if [ "$CONTROL" = 1 ]; then
   echo "CONTROL=1: the \"redirector\" below is a second, identical nginx"
 fi
 
+nginx_target=$NGINX; redirector_target=$REDIRECTOR
+if [ "$PROXY" = 1 ]; then
+  mkdir -p "$work/proxy"
+  forward='proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;'
+  nginx_conf "$work/proxy" 2 <<NGINX
+  upstream to_nginx { server $NGINX; keepalive 64; }
+  upstream to_redirector { server $REDIRECTOR; keepalive 64; }
+  server { listen $PROXY_TO_NGINX; location / { proxy_pass http://to_nginx; $forward } }
+  server { listen $PROXY_TO_REDIRECTOR; location / { proxy_pass http://to_redirector; $forward } }
+NGINX
+  "${server_cpu[@]}" nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" -g 'daemon off;' &
+  pids+=($!)
+  for _ in $(seq 50); do curl -s -o /dev/null "http://$PROXY_TO_REDIRECTOR/" && break; sleep 0.1; done
+  nginx_target=$PROXY_TO_NGINX; redirector_target=$PROXY_TO_REDIRECTOR
+  echo "PROXY=1: wrk talks to a local nginx proxy in front of each server; CPU per request is the server's alone"
+fi
+
 rss() { awk '/VmRSS/ { print $2 / 1024 " MB" }' "/proc/$redirector_pid/status"; }
 run() { # target close pids...
   local target=$1 close=$2; shift 2
@@ -127,7 +150,7 @@ for mode in $MODES; do
   close=0; [ "$mode" = close ] && close=1
   : > "$work/n.$mode"; : > "$work/r.$mode"
   for r in $(seq "$ROUNDS"); do
-    n=$(run "$NGINX" $close "$nginx_pid" $(pgrep -P "$nginx_pid")); d=$(run "$REDIRECTOR" $close $(second))
+    n=$(run "$nginx_target" $close "$nginx_pid" $(pgrep -P "$nginx_pid")); d=$(run "$redirector_target" $close $(second))
     echo "  $mode round $r: nginx $n | redirector $d"
     echo "$n" >> "$work/n.$mode"; echo "$d" >> "$work/r.$mode"
   done
