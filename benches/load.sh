@@ -38,6 +38,9 @@
 #                                        # A/B: another build of the redirector in nginx's place,
 #                                        # on the same fixture and config (build an older commit
 #                                        # in a git worktree to compare against it)
+#   AGAINST=target/release/distri-redirector AGAINST_GEOIP=geoip/dbip-city-lite-compact.mmdb \
+#     CITY=full bash benches/load.sh      # A/B of two databases: the same build, the other
+#                                        # side on another GeoIP file
 #
 # Everything runs on loopback. Installs wrk and nginx-light if missing.
 set -euo pipefail
@@ -50,6 +53,7 @@ WORKERS=${WORKERS:-2}  # serving threads of both: nginx worker_processes, redire
 MODES=${MODES:-"keepalive close"}
 CONTROL=${CONTROL:-0}
 AGAINST=${AGAINST:-}
+AGAINST_GEOIP=${AGAINST_GEOIP:-}
 PIN=${PIN:-0}          # 1: servers on CPU 0, wrk on CPU 1 (with WORKERS=1), so wrk never preempts a server
 AWAKE=${AWAKE:-0}
 WRK_NICE=${WRK_NICE:-}
@@ -87,11 +91,14 @@ wait_up "$work/redirector.log" 50
 if [ -n "$AGAINST" ]; then
   # The other build, on the same config but its own port, where nginx goes.
   sed "s|$REDIRECTOR|$NGINX|" "$work/mirrors.toml" > "$work/against.toml"
+  if [ -n "$AGAINST_GEOIP" ]; then
+    sed -i -E "s|^geoip = .*|geoip = \"$(realpath "$AGAINST_GEOIP")\"|" "$work/against.toml"
+  fi
   "${server_cpu[@]}" "$AGAINST" serve --config "$work/against.toml" 2>"$work/against.log" &
   nginx_pid=$!
   pids+=($nginx_pid)
   wait_up "$work/against.log" 50
-  echo "AGAINST=$AGAINST: the \"nginx\" below is that build of the redirector"
+  echo "AGAINST=$AGAINST: the \"nginx\" below is that build of the redirector${AGAINST_GEOIP:+, on $AGAINST_GEOIP}"
 else
 nginx_conf "$work" "$WORKERS" <<NGINX
   server {
