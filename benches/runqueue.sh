@@ -56,7 +56,6 @@ threads() {
     done
   done
 }
-cpu_idle() { awk '/^cpu /{print $5+$6, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 
 echo "wrk -t1 -c64 keep-alive at nice $WRK_NICE; $(nproc) cores; serving threads each: $WORKERS; $MEASURE s measured"
 for side in nginx redirector; do
@@ -70,11 +69,11 @@ for side in nginx redirector; do
   sleep 2
   # shellcheck disable=SC2086 # one pid per word
   threads $procs "$wrk_pid" | sort > "$work/before"
-  idle_before=$(cpu_idle)
+  idle_before=$(idle_ticks)
   sleep "$MEASURE"
   # shellcheck disable=SC2086
   threads $procs "$wrk_pid" | sort > "$work/after"
-  idle_after=$(cpu_idle)
+  idle_after=$(idle_ticks)
   wait "$wrk_pid"
   echo "$side: $(awk '/Requests\/sec/{print $2}' "$work/wrk.out") req/s, machine idle" \
     "$(echo "$idle_before $idle_after" | awk '{printf "%.1f%%", 100*($3-$1)/($4-$2)}')"
