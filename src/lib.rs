@@ -8,7 +8,8 @@
 //!   and key in every error.
 //! - [`geo`]: countries, coordinates, distances, the shipped centroid table.
 //! - [`geoip`]: where a client is, from a MaxMind DB file (both schemas);
-//!   IPv4 from a flat copy of its ranges made at open.
+//!   IPv4 from a flat copy of its ranges made at open; `geoip::share`
+//!   writes a file's repeated subtrees once (the shipped database's build).
 //! - [`table`]: the immutable mirror table (by config order, found by name),
 //!   with a selection view per candidate set.
 //! - [`catalog`]: which candidate set a file goes to, from each mirror's
