@@ -66,6 +66,16 @@ fn the_shipped_city_database_places_known_addresses_near_where_they_are() {
     }
 }
 
+/// The budget the issue set for the shipped city database, both families
+/// together, in bytes as the file has them (not compressed).
+#[test]
+fn the_shipped_city_database_fits_its_budget() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/dbip-city-lite-compact.mmdb");
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size <= 12_000_000, "{size} bytes");
+    assert!(size > 5_000_000, "{size} bytes: not the city database?");
+}
+
 /// Mirrors on six continents, several in the large countries.
 const MIRRORS: &[(&str, f64, f64)] = &[
     ("us-sea", 47.61, -122.33),
@@ -115,5 +125,7 @@ fn the_shipped_database_chooses_as_the_full_one_does() {
         right += quality::right(&table, t, chosen) as u32;
     }
     let share = right as f64 / all as f64;
-    assert!(share > 0.97, "right choices: {:.1}%", share * 100.0);
+    eprintln!("right choices: {:.1}%", share * 100.0);
+    // geoip/README.md measures 99.5% for IPv4 with more mirrors.
+    assert!(share > 0.985, "right choices: {:.1}%", share * 100.0);
 }
