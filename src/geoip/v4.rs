@@ -29,8 +29,10 @@ pub struct V4Table {
 }
 
 /// Past this many ranges, the narrow layout: it saves 3 bytes a range
-/// (11 MB in a full city database) for one more dependent cache miss.
-const NARROW_FROM: usize = 1 << 20;
+/// (11 MB in a full city database) for one more dependent cache miss. The
+/// shipped default (1.37 M ranges) stays wide: 4 MB more for lookups a
+/// fifth faster (benches/RESULTS.md).
+const NARROW_FROM: usize = 1 << 21;
 
 /// The ranges, in one of two layouts. Lookups in the wide one took 126 ns
 /// in the shipped database, against 176 ns in the narrow one; in a full
