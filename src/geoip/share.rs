@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use super::tree::Tree;
+
 const MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 /// Between the tree and the data section.
 const SEPARATOR: usize = 16;
@@ -30,11 +32,13 @@ pub fn share_subtrees(file: &[u8]) -> Result<Vec<u8>, ShareError> {
     let size = Records(reader.metadata().record_size);
     let tree_len = nodes * size.node_bytes();
     let meta_at = find_last(file, MARKER).ok_or(ShareError::Layout("no metadata marker"))?;
-    if nodes == 0 || meta_at < tree_len + SEPARATOR || ![24, 28, 32].contains(&size.0) {
-        return Err(ShareError::Layout("no tree, or a tree past the metadata"));
-    }
+    let tree = Tree::new(file, reader.metadata());
+    let tree = match tree {
+        Ok(tree) if nodes > 0 && meta_at >= tree_len + SEPARATOR => tree,
+        _ => return Err(ShareError::Layout("no tree, or a tree past the metadata")),
+    };
     let data = &file[tree_len + SEPARATOR..meta_at];
-    let record = |n: usize, side: usize| size.read(&file[n * size.node_bytes()..], side);
+    let record = |n: usize, side: usize| tree.record(n, side);
 
     let (class, first) = classes(nodes, record)?;
     // New numbers in breadth-first order from the root, which stays 0.
@@ -156,23 +160,13 @@ fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
-/// A record size in bits: 24, 28 or 32.
+/// A record size in bits: 24, 28 or 32 (read by [`Tree`], written here).
 #[derive(Clone, Copy)]
 struct Records(u16);
 
 impl Records {
     fn node_bytes(self) -> usize {
         usize::from(self.0) / 4
-    }
-
-    fn read(self, node: &[u8], side: usize) -> usize {
-        let b = |i: usize| usize::from(node[i]);
-        match self.0 {
-            24 => b(side * 3) << 16 | b(side * 3 + 1) << 8 | b(side * 3 + 2),
-            28 if side == 0 => (b(3) & 0xf0) << 20 | b(0) << 16 | b(1) << 8 | b(2),
-            28 => (b(3) & 0x0f) << 24 | b(4) << 16 | b(5) << 8 | b(6),
-            _ => b(side * 4) << 24 | b(side * 4 + 1) << 16 | b(side * 4 + 2) << 8 | b(side * 4 + 3),
-        }
     }
 
     fn write(self, out: &mut Vec<u8>, l: usize, r: usize) {

@@ -55,7 +55,7 @@ impl<'a> Tree<'a> {
     }
 
     /// Record `side` (0 left, 1 right) of node `node` (< `nodes`).
-    fn record(&self, node: usize, side: usize) -> usize {
+    pub(super) fn record(&self, node: usize, side: usize) -> usize {
         let b = |i: usize| usize::from(self.buf[i]);
         match self.record_size {
             24 => {
