@@ -29,6 +29,9 @@
 #                                        # root), as a client on its own machine would be: the
 #                                        # servers cannot keep their own load generator waiting
 #                                        # (benches/runqueue.sh shows the waits)
+#   WRK_DELAY_MS=1 bash benches/load.sh  # each connection waits 1 ms after a response: a load
+#                                        # below saturation, where the latencies are the servers'
+#                                        # own and not where a closed loop's queue forms
 #   PROXY=1 bash benches/load.sh         # both behind a local nginx reverse proxy (2 workers,
 #                                        # keep-alive upstreams, X-Forwarded-For appended), as
 #                                        # when a proxy on the same host terminates TLS

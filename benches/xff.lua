@@ -1,11 +1,17 @@
 -- wrk script: every request comes "from" another client address, so every
 -- request does a real GeoIP lookup and selection. WRK_CLOSE=1 adds
 -- "Connection: close" (a new connection per request); WRK_V6=1 sends every
--- fourth request from an IPv6 address spread over 2000::/3.
+-- fourth request from an IPv6 address spread over 2000::/3. WRK_DELAY_MS=N
+-- waits N ms after each response before the connection's next request:
+-- a load below saturation, for latency without a queue in front.
 local n = 0
 local close = os.getenv("WRK_CLOSE") == "1"
 local v6 = os.getenv("WRK_V6") == "1"
 local path = "/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs"
+local pause = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if pause then
+  delay = function() return pause end
+end
 
 request = function()
   n = n + 1
