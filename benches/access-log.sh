@@ -12,6 +12,8 @@
 #   PIN=1 bash benches/access-log.sh           # one serving thread each on CPU 0, wrk on CPU 1
 #   WRK_NICE=-10 bash benches/access-log.sh   # wrk ahead of the servers in the CPU queue
 #                                              # (needs root; see benches/load.sh)
+#   WRK_DELAY_MS=1 bash benches/access-log.sh # below saturation: the log's CPU per request
+#                                              # without a queue (see benches/load.sh)
 #   NGINX=1 bash benches/access-log.sh         # the reference: nginx's access log, off and on
 #                                              # (buffer=64k flush=100ms), to the same sink
 #
@@ -83,10 +85,15 @@ fi
 # A server's processes: nginx's master and workers, or the redirector.
 procs() { echo "$1" $(pgrep -P "$1"); }
 
-echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS rounds, alternating; access log format: $FORMAT"
+echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS rounds, each side first in every other; access log format: $FORMAT"
 : > "$work/r.off"; : > "$work/r.on"
 for r in $(seq "$ROUNDS"); do
-  a=$(wrk_run "http://$OFF" 0 $(procs "$off_pid")); b=$(wrk_run "http://$ON" 0 $(procs "$on_pid"))
+  # Which goes first alternates, as in load.sh.
+  if [ $((r % 2)) = 1 ]; then
+    a=$(wrk_run "http://$OFF" 0 $(procs "$off_pid")); b=$(wrk_run "http://$ON" 0 $(procs "$on_pid"))
+  else
+    b=$(wrk_run "http://$ON" 0 $(procs "$on_pid")); a=$(wrk_run "http://$OFF" 0 $(procs "$off_pid"))
+  fi
   echo "  round $r: log off $a | log on $b"
   echo "$a" >> "$work/r.off"; echo "$b" >> "$work/r.on"
 done
