@@ -144,7 +144,7 @@ fn with_node_count(meta: &[u8], old: usize, new: usize) -> Result<Vec<u8>, Share
         .get(value + 1..value + 1 + len)
         .ok_or(ShareError::Layout("metadata ends"))?;
     let stored = bytes.iter().fold(0usize, |a, &b| a << 8 | usize::from(b));
-    if control >> 5 != 6 || stored != old || (len < 4 && new >> (8 * len) != 0) {
+    if control >> 5 != 6 || len > 4 || stored != old || (len < 4 && new >> (8 * len) != 0) {
         return Err(ShareError::Layout(
             "node_count is not a uint32 of the tree's size",
         ));
@@ -281,6 +281,23 @@ mod tests {
         }
         let de = db.lookup("10.63.7.1".parse().unwrap()).country;
         assert_eq!(de.map(|c| c.to_string()).as_deref(), Some("DE"));
+    }
+
+    #[test]
+    fn node_count_is_patched_only_as_a_uint32_of_the_old_count() {
+        let meta = |value: &[u8]| [b"\x4anode_count".as_slice(), value].concat();
+        let patched = with_node_count(&meta(&[0xc3, 0x01, 0x00, 0x00]), 65_536, 300).unwrap();
+        assert_eq!(patched, meta(&[0xc3, 0x00, 0x01, 0x2c]));
+        for bad in [
+            meta(&[0xc9, 0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00]), // 9 bytes: no uint32
+            meta(&[0xc3, 0x01, 0x00, 0x01]),                   // another count
+            meta(&[0xa3, 0x01, 0x00, 0x00]),                   // a uint16
+            meta(&[0xc3, 0x01]),                               // cut short
+        ] {
+            assert!(with_node_count(&bad, 65_536, 300).is_err(), "{bad:x?}");
+        }
+        // A new count that needs more bytes than the old one had.
+        assert!(with_node_count(&meta(&[0xc1, 0x05]), 5, 300).is_err());
     }
 
     #[test]
