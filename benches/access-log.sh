@@ -35,12 +35,8 @@ ON=127.0.0.1:18192
 source benches/common.sh
 need wrk wrk
 cargo build --release -q --example bench_fixture --bin distri-redirector
-work=$(mktemp -d)
 # Logs outside the config's folder, which the service watches for changes.
-logs=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$logs"; }
-trap cleanup EXIT
+scratch logs
 
 if [ "${NGINX:-0}" = 1 ]; then
   need nginx nginx-light

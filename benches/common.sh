@@ -1,9 +1,22 @@
 # Shared by benches/load.sh, benches/tls-load.sh, benches/probe-cost.sh,
-# benches/access-log.sh and deploy/replicas.sh: source it after `cd` to the
-# repository root.
+# benches/access-log.sh, benches/runqueue.sh and deploy/replicas.sh: source
+# it after `cd` to the repository root.
 
 # need CMD PACKAGE: installs a Debian package when its command is missing.
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+
+# scratch [NAME...]: a fresh folder in $work, and one more in each variable
+# NAME (`scratch logs`), and an empty $pids. However the script ends, every
+# process in $pids is stopped and waited for, and the folders are removed.
+scratch() {
+  work=$(mktemp -d); scratch_dirs=("$work"); pids=()
+  local name
+  for name in "$@"; do
+    printf -v "$name" '%s' "$(mktemp -d)"
+    scratch_dirs+=("${!name}")
+  done
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait "${pids[@]}" 2>/dev/null || true; rm -rf "${scratch_dirs[@]}"' EXIT
+}
 
 # start_fixture OUT ARG...: bench_fixture's loopback origin and mirrors in
 # the background (its PID added to `pids`, its log in the folder of OUT),

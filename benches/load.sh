@@ -79,10 +79,7 @@ need nginx nginx-light
 
 cargo build --release -q --example bench_fixture --bin distri-redirector
 if [ "$CITY" = full ]; then GEOIP=$(full_city); fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+scratch
 
 start_fixture "$work/mirrors.toml" --mirrors 50 --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" \
   --geoip "${GEOIP:-geoip/dbip-city-lite-compact.mmdb}"

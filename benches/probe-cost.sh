@@ -13,10 +13,7 @@ MIRRORS=${MIRRORS:-1000}
 WINDOW=${WINDOW:-60}
 BIN=${BIN:-target/release/distri-redirector}
 cargo build --release -q --example bench_fixture --bin distri-redirector
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+scratch
 
 start_fixture "$work/mirrors.toml" --mirrors "$MIRRORS" --listen 127.0.0.1:18190 --interval 10s
 "$BIN" serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &

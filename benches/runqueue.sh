@@ -27,10 +27,7 @@ source benches/common.sh
 need wrk wrk
 need nginx nginx-light
 cargo build --release -q --example bench_fixture --bin distri-redirector
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+scratch
 
 start_fixture "$work/mirrors.toml" --mirrors 50 --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" \
   --geoip "${GEOIP:-geoip/dbip-city-lite-compact.mmdb}"

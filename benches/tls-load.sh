@@ -26,10 +26,7 @@ need wrk wrk
 need nginx nginx-light
 need openssl openssl
 cargo build --release -q --example bench_fixture --bin distri-redirector
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+scratch
 
 if [ "$KEY" = rsa ]; then keyopt=(-newkey rsa:2048); else keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256); fi
 openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
