@@ -625,8 +625,16 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, so the master stops its worker: SIGKILL (`Child::kill`)
+    /// left the worker running, and holding its port, after every run.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let term = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if !term.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
