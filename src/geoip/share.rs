@@ -107,16 +107,17 @@ fn classes(
             continue;
         }
         let (l, r) = (record(n, 0), record(n, 1));
-        let pending: Vec<usize> = [l, r]
-            .into_iter()
-            .filter(|&c| c < nodes && class[c] == NONE)
-            .collect();
-        if !pending.is_empty() {
+        let before = stack.len();
+        stack.extend(
+            [l, r]
+                .into_iter()
+                .filter(|&c| c < nodes && class[c] == NONE),
+        );
+        if stack.len() > before {
             // Two entries a level at most, 128 levels.
             if stack.len() > 2 * 128 + 1 {
                 return Err(ShareError::Layout("a path through the tree loops"));
             }
-            stack.extend(pending);
             continue;
         }
         stack.pop();
