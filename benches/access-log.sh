@@ -76,7 +76,8 @@ off_pid=$!; pids+=($off_pid)
 "${server_cpu[@]}" target/release/distri-redirector serve --config "$work/on.toml" 2>"${SINK:-$logs/on.log}" &
 on_pid=$!; pids+=($on_pid)
 wait_up "$logs/off.log" 50
-if [ -n "${SINK:-}" ]; then sleep 1; else wait_up "$logs/on.log" 50; fi
+if [ -z "${SINK:-}" ]; then wait_up "$logs/on.log" 50; fi
+check_choice "http://$OFF"; check_choice "http://$ON"
 fi
 # A server's processes: nginx's master and workers, or the redirector.
 procs() { echo "$1" $(pgrep -P "$1"); }

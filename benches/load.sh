@@ -88,6 +88,7 @@ redirector_pid=$!
 pids+=($redirector_pid)
 wait_up "$work/redirector.log" 50
 
+check_choice "http://$REDIRECTOR"
 if [ -n "$AGAINST" ]; then
   # The other build, on the same config but its own port, where nginx goes.
   sed "s|$REDIRECTOR|$NGINX|" "$work/mirrors.toml" > "$work/against.toml"
@@ -98,6 +99,7 @@ if [ -n "$AGAINST" ]; then
   nginx_pid=$!
   pids+=($nginx_pid)
   wait_up "$work/against.log" 50
+  check_choice "http://$NGINX"
   echo "AGAINST=$AGAINST: the \"nginx\" below is that build of the redirector${AGAINST_GEOIP:+, on $AGAINST_GEOIP}"
 else
 nginx_conf "$work" "$WORKERS" <<NGINX

@@ -44,6 +44,7 @@ nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 nginx_pid=$!
 pids+=($nginx_pid)
 wait_up "$work/redirector.log" 50 >/dev/null
+check_choice "http://$REDIRECTOR"
 
 # Every thread of the given processes: "pid/tid name run_ns wait_ns slices".
 threads() {

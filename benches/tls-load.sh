@@ -40,6 +40,7 @@ redirector_pid=$!
 pids+=($redirector_pid)
 wait_up "$work/redirector.log" 50
 
+check_choice "https://$REDIRECTOR"
 nginx_conf "$work" "$WORKERS" <<NGINX
   server {
     # Debian 12's nginx (1.22) predates "http2 on".
@@ -79,7 +80,7 @@ if command -v h2load >/dev/null; then
   echo "HTTP/2 (h2load -c16 -m50 -n200000):"
   for t in "$NGINX" "$REDIRECTOR"; do
     printf '  %s: ' "$t"
-    h2load -c16 -m50 -n200000 -H 'X-Forwarded-For: 193.0.6.139' "https://$t/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs" 2>/dev/null | grep -E '^(finished in|requests:)' | tr '\n' ' '; echo
+    h2load -c16 -m50 -n200000 -H 'X-Forwarded-For: 193.0.6.139' "https://$t/distri/jackherer/pkg/pkg013-amd64-1.0-1.squashfs" 2>/dev/null | grep -E '^(finished in|requests:)' | tr '\n' ' '; echo
   done
 else
   echo "HTTP/2: h2load not installed (apt-get install nghttp2-client)"

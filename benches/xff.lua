@@ -7,7 +7,10 @@
 local n = 0
 local close = os.getenv("WRK_CLOSE") == "1"
 local v6 = os.getenv("WRK_V6") == "1"
-local path = "/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs"
+-- Images the fixture's mirrors hold (bench_fixture: 40 packages in each
+-- release's pkg/), so every request is a real choice among mirrors
+-- verified to hold the file, never "origin, no candidate".
+local releases = { "jackherer", "supersilverhaze" }
 local pause = tonumber(os.getenv("WRK_DELAY_MS") or "")
 if pause then
   delay = function() return pause end
@@ -27,5 +30,6 @@ request = function()
   end
   local headers = { ["X-Forwarded-For"] = ip }
   if close then headers["Connection"] = "close" end
+  local path = string.format("/distri/%s/pkg/pkg%03d-amd64-1.0-1.squashfs", releases[1 + n % 2], (n * 7) % 40)
   return wrk.format("GET", path, headers)
 end
