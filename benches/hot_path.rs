@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use distri_redirector::accesslog;
 use distri_redirector::catalog::OriginTree;
 use distri_redirector::config::{self, Config, Selection};
 use distri_redirector::frontend::{Conn, Frontend, Outcome, respond};
@@ -375,6 +376,7 @@ fn bench_handler(c: &mut Criterion) {
             black_box(frontend.handle(black_box(&requests[i]), peer))
         })
     });
+    bench_logged(&mut g, &config, &tally, &requests, peer);
     let fixed =
         "https://m1.example.org/distri-mirror/distri/jackherer/pkg/bash-amd64-5.0-4.squashfs";
     g.bench_function("reference", |b| {
@@ -386,6 +388,38 @@ fn bench_handler(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// `redirect` with the access log on, through the service's subscriber
+/// (installed as the global one, as `serve` does), the lines discarded:
+/// what a line costs, which `benches/access-log.sh` sees under load.
+fn bench_logged(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    config: &Config,
+    tally: &Arc<Tally>,
+    requests: &[Request<()>],
+    peer: Conn,
+) {
+    let config = Config {
+        log: config::Log {
+            access: true,
+            json: false,
+        },
+        ..config.clone()
+    };
+    let logged = Frontend::new(routing_of_table(&config, tally)).counting(tally.clone());
+    accesslog::set_sink(Box::new(std::io::sink()));
+    if tracing::subscriber::set_global_default(accesslog::subscriber(false, false)).is_err() {
+        eprintln!("redirect-logged skipped: a global subscriber is already set");
+        return;
+    }
+    let mut i = 0;
+    g.bench_function("redirect-logged", |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            black_box(logged.handle(black_box(&requests[i]), peer))
+        })
+    });
 }
 
 /// Every mirror eligible for every file: one candidate set, no lookup.

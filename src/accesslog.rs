@@ -50,6 +50,8 @@ struct Shared {
     /// are dropped and counted.
     writer: OnceLock<Option<Thread>>,
     dropped: AtomicU64,
+    /// Where flushed lines go: stderr, or what [`set_sink`] gave.
+    sink: Mutex<Box<dyn std::io::Write + Send>>,
 }
 
 fn shared() -> &'static Shared {
@@ -59,6 +61,7 @@ fn shared() -> &'static Shared {
         spare: Mutex::new(Vec::with_capacity(CAPACITY)),
         writer: OnceLock::new(),
         dropped: AtomicU64::new(0),
+        sink: Mutex::new(Box::new(std::io::stderr())),
     })
 }
 
@@ -209,12 +212,19 @@ fn writer() -> Option<&'static Thread> {
         .as_ref()
 }
 
+/// Sends access lines to `sink` instead of stderr from now on: the
+/// benches measure the log's cost without a terminal's.
+pub fn set_sink(sink: Box<dyn std::io::Write + Send>) {
+    flush();
+    *shared().sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
+}
+
 /// Writes every buffered line to stderr now (at exit, and by the writer).
 pub fn flush() {
     let s = shared();
     let buffers: Vec<Buffer> = s.buffers.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut chunk = s.spare.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = std::io::stderr().lock();
+    let mut out = s.sink.lock().unwrap_or_else(|e| e.into_inner());
     for b in buffers {
         {
             let mut mine = b.lock().unwrap_or_else(|e| e.into_inner());
