@@ -8,6 +8,9 @@
 # decides the tail when the server is near saturation. The fifth is the
 # share of the machine's CPU time left idle during the round: on a machine
 # that wrk and the server share, time idle is throughput lost to waiting.
+# Requests name images the fixture's mirrors hold, from a new client
+# address each (benches/xff.lua); the run stops before measuring if the
+# redirector does not send them to a mirror (check_choice).
 #
 #   bash benches/load.sh                 # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s bash benches/load.sh
