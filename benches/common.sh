@@ -30,19 +30,20 @@ start_fixture() {
   return 1
 }
 
-# check_choice URL: waits (30 s at most) until the redirector at URL
-# sends the benchmark's requests to a mirror, and fails if it never does.
+# check_choice URL [WHERE]: waits (30 s at most) until the redirector at
+# URL sends the benchmark's requests to a mirror (WHERE "m[0-9]+", the
+# default) or to the origin (WHERE "origin"), and fails if it never does.
 # A load run that measured only "origin, no candidate" (files the mirrors
 # do not hold) would skip the selection it is meant to measure.
 check_choice() {
-  local to=
+  local to= where=${2:-m[0-9]+}
   for _ in $(seq 300); do
     to=$(curl -sk -o /dev/null -w '%{redirect_url}' -H 'X-Forwarded-For: 81.2.69.142' \
       "$1/distri/supersilverhaze/pkg/pkg013-amd64-1.0-1.squashfs" || true)
-    if [[ $to =~ /m[0-9]+/distri/ ]]; then return; fi
+    if [[ $to =~ /$where/distri/ ]]; then return; fi
     sleep 0.1
   done
-  echo "the redirector at $1 never chose a mirror for the benchmark's files (last: ${to:-no answer})" >&2
+  echo "the redirector at $1 never sent the benchmark's files to /$where/ (last: ${to:-no answer})" >&2
   return 1
 }
 

@@ -40,7 +40,10 @@ redirector_pid=$!
 pids+=($redirector_pid)
 wait_up "$work/redirector.log" 50
 
-check_choice "https://$REDIRECTOR"
+# A client over HTTPS is never sent to a plain-HTTP mirror, and the
+# fixture's mirrors are all plain HTTP: every answer here is the origin,
+# after the lookup and a selection that finds no HTTPS candidate.
+check_choice "https://$REDIRECTOR" origin
 nginx_conf "$work" "$WORKERS" <<NGINX
   server {
     # Debian 12's nginx (1.22) predates "http2 on".
