@@ -219,7 +219,8 @@ pub fn set_sink(sink: Box<dyn std::io::Write + Send>) {
     *shared().sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
 }
 
-/// Writes every buffered line to stderr now (at exit, and by the writer).
+/// Writes every buffered line to the sink (stderr unless [`set_sink`]
+/// said otherwise) now: at exit, and by the writer.
 pub fn flush() {
     let s = shared();
     let buffers: Vec<Buffer> = s.buffers.lock().unwrap_or_else(|e| e.into_inner()).clone();
