@@ -92,6 +92,9 @@ ticks() { for p in "$@"; do cat /proc/"$p"/task/*/stat; done 2>/dev/null | awk '
 # wrk_run URL CLOSE PID...: one wrk run with $CONNS connections for
 # $DURATION (benches/xff.lua: every request from another client; CLOSE=1 a
 # new connection per request), under $WRK_PREFIX (e.g. taskset) if set.
+# With $RATE, examples/open_loop instead: $RATE requests a second whatever
+# the server does, keep-alive ($OPEN_CONNS connections, or its default),
+# latencies counted from when each request was due; it fails on any error.
 # Prints "rps p50_ms p99_ms cpu_us_per_request idle_pct": the CPU of the
 # server's PIDs and their threads, divided by the requests served; and the
 # share of the machine's CPU time nobody used meanwhile (a closed loop
@@ -100,7 +103,13 @@ wrk_run() {
   local url=$1 close=$2; shift 2
   local t0 i0 out; t0=$(ticks "$@"); i0=$(idle_ticks)
   # shellcheck disable=SC2086 # WRK_PREFIX is a command and its arguments
-  out=$(WRK_CLOSE=$close ${WRK_PREFIX:-} wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "$url" 2>/dev/null)
+  if [ -n "${RATE:-}" ]; then
+    # shellcheck disable=SC2086
+    out=$(${WRK_PREFIX:-} target/release/examples/open_loop --addr "${url#http://}" --rate "$RATE" \
+      --seconds "${DURATION%s}" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
+  else
+    out=$(WRK_CLOSE=$close ${WRK_PREFIX:-} wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "$url" 2>/dev/null)
+  fi
   awk -v t0="$t0" -v t1="$(ticks "$@")" -v hz="$(getconf CLK_TCK)" -v i0="$i0" -v i1="$(idle_ticks)" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }

@@ -35,6 +35,12 @@
 #   WRK_DELAY_MS=1 bash benches/load.sh  # each connection waits 1 ms after a response: a load
 #                                        # below saturation, where the latencies are the servers'
 #                                        # own and not where a closed loop's queue forms
+#   RATE=40000 MODES=keepalive bash benches/load.sh
+#                                        # open loop (examples/open_loop) instead of wrk: 40,000
+#                                        # requests a second offered to each server whatever it
+#                                        # does, latencies from when each was due; the p50 and
+#                                        # p99 of servers at equal load, not of a closed loop's
+#                                        # queue at saturation (keep-alive only; OPEN_CONNS=N)
 #   PROXY=1 bash benches/load.sh         # both behind a local nginx reverse proxy (2 workers,
 #                                        # keep-alive upstreams, X-Forwarded-For appended), as
 #                                        # when a proxy on the same host terminates TLS
@@ -80,7 +86,11 @@ if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
 if [ -n "$WRK_NICE" ]; then client_cpu=(nice -n "$WRK_NICE" "${client_cpu[@]}"); fi
 need nginx nginx-light
 
-cargo build --release -q --example bench_fixture --bin distri-redirector
+cargo build --release -q --example bench_fixture --example open_loop --bin distri-redirector
+if [ -n "${RATE:-}" ] && [ "$MODES" != keepalive ]; then
+  echo "RATE=$RATE: the open loop keeps its connections; set MODES=keepalive" >&2
+  exit 2
+fi
 if [ "$CITY" = full ]; then GEOIP=$(full_city); fi
 scratch
 
@@ -155,7 +165,12 @@ if [ "$AWAKE" = 1 ]; then
   for _ in $(seq "$(nproc)"); do chrt --idle 0 sh -c 'while :; do :; done' & pids+=($!); done
   echo "AWAKE=1: $(nproc) busy loops at SCHED_IDLE on every core (idle shows as ~0)"
 fi
-echo "wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, each server first in every other; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN; wrk nice: ${WRK_NICE:-0}"
+if [ -n "${RATE:-}" ]; then
+  echo "open loop: $RATE req/s offered for $DURATION (the first 2 s not counted), ${OPEN_CONNS:-its default} connections"
+else
+  echo "wrk -t1 -c$CONNS -d$DURATION"
+fi
+echo "$ROUNDS rounds, each server first in every other; $(nproc) cores; serving threads each: $WORKERS; pinned: $PIN; wrk nice: ${WRK_NICE:-0}"
 echo "geoip: ${GEOIP:-shipped default}; IPv6 clients: $([ "$WRK_V6" = 1 ] && echo a quarter || echo none)"
 echo "redirector resident memory before the runs: $(rss)"
 for mode in $MODES; do
