@@ -14,6 +14,9 @@
 #                                              # (needs root; see benches/load.sh)
 #   WRK_DELAY_MS=1 bash benches/access-log.sh # below saturation: the log's CPU per request
 #                                              # without a queue (see benches/load.sh)
+#   RATE=50000 bash benches/access-log.sh     # an open loop at a fixed rate instead of wrk: the
+#                                              # log's p50 and p99 without a closed loop's queue
+#                                              # (examples/open_loop.rs; see benches/load.sh)
 #   NGINX=1 bash benches/access-log.sh         # the reference: nginx's access log, off and on
 #                                              # (buffer=64k flush=100ms), to the same sink
 #
@@ -34,7 +37,7 @@ ON=127.0.0.1:18192
 
 source benches/common.sh
 need wrk wrk
-cargo build --release -q --example bench_fixture --bin distri-redirector
+cargo build --release -q --example bench_fixture --example open_loop --bin distri-redirector
 # Logs outside the config's folder, which the service watches for changes.
 scratch logs
 
@@ -82,7 +85,9 @@ fi
 # A server's processes: nginx's master and workers, or the redirector.
 procs() { echo "$1" $(pgrep -P "$1"); }
 
-echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS rounds, each side first in every other; access log format: $FORMAT"
+load="wrk -t1 -c$CONNS -d$DURATION keep-alive"
+[ -n "${RATE:-}" ] && load="open loop at $RATE req/s for $DURATION (the first 2 s not counted)"
+echo "$load, $ROUNDS rounds, each side first in every other; access log format: $FORMAT"
 : > "$work/r.off"; : > "$work/r.on"
 for r in $(seq "$ROUNDS"); do
   # Which goes first alternates, as in load.sh.
