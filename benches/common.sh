@@ -104,9 +104,11 @@ wrk_run() {
   local t0 i0 out; t0=$(ticks "$@"); i0=$(idle_ticks)
   # shellcheck disable=SC2086 # WRK_PREFIX is a command and its arguments
   if [ -n "${RATE:-}" ]; then
+    local secs=${DURATION%s}
+    case $DURATION in *m) secs=$(( ${DURATION%m} * 60 ));; esac
     # shellcheck disable=SC2086
     out=$(${WRK_PREFIX:-} target/release/examples/open_loop --addr "${url#http://}" --rate "$RATE" \
-      --seconds "${DURATION%s}" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
+      --seconds "$secs" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
   else
     out=$(WRK_CLOSE=$close ${WRK_PREFIX:-} wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "$url" 2>/dev/null)
   fi
