@@ -108,7 +108,7 @@ wrk_run() {
     case $DURATION in *m) secs=$(( ${DURATION%m} * 60 ));; esac
     # shellcheck disable=SC2086
     out=$(${WRK_PREFIX:-} target/release/examples/open_loop --addr "${url#http://}" --rate "$RATE" \
-      --seconds "$secs" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
+      --seconds "$secs" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} ${OPEN_SMOOTH:+--smooth} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
   else
     out=$(WRK_CLOSE=$close ${WRK_PREFIX:-} wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "$url" 2>/dev/null)
   fi
