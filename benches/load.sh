@@ -41,9 +41,9 @@
 #                                        # does, latencies from when each was due; the p50 and
 #                                        # p99 of servers at equal load, not of a closed loop's
 #                                        # queue at saturation (keep-alive only; OPEN_CONNS=N;
-#                                        # OPEN_SMOOTH=1: each request when due, to the µs, not
-#                                        # in tokio's 1 ms batches; costs the generator a timerfd
-#                                        # wake-up per request, so up to ~30,000/s on 2 cores)
+#                                        # OPEN_SMOOTH=1: requests one by one as they fall due,
+#                                        # released every ~50 µs by a pacing thread, instead of
+#                                        # in tokio's 1 ms batches)
 #   PROXY=1 bash benches/load.sh         # both behind a local nginx reverse proxy (2 workers,
 #                                        # keep-alive upstreams, X-Forwarded-For appended), as
 #                                        # when a proxy on the same host terminates TLS

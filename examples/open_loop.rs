@@ -29,10 +29,13 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use clap::Parser;
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 #[derive(Parser, Clone)]
@@ -57,9 +60,10 @@ struct Args {
     /// Every fourth request from an IPv6 address.
     #[arg(long)]
     v6: bool,
-    /// Each request leaves when it is due, to the microsecond (a timerfd
-    /// per connection), instead of with the others due in the same
-    /// millisecond of tokio's timer: an even flow instead of batches.
+    /// Requests leave one by one as they fall due (a pacing thread
+    /// releases them every 50 µs or so to whichever connection is free),
+    /// instead of each connection's in the same millisecond of tokio's
+    /// timer as the others': an even flow instead of batches.
     #[arg(long)]
     smooth: bool,
 }
@@ -93,8 +97,12 @@ fn main() -> io::Result<()> {
         .build()?;
     let seen = rt.block_on(async {
         let start = Instant::now() + Duration::from_millis(100);
+        let pacer = args.smooth.then(|| Pacer::start(&args, conns, start));
         let tasks: Vec<_> = (0..conns)
-            .map(|j| tokio::spawn(connection(args.clone(), j, start)))
+            .map(|j| match &pacer {
+                Some(p) => tokio::spawn(paced(args.clone(), p.clone(), start)),
+                None => tokio::spawn(connection(args.clone(), j, start)),
+            })
             .collect();
         let mut all = Seen::default();
         for t in tasks {
@@ -157,14 +165,6 @@ async fn connection(args: Args, j: usize, start: Instant) -> Seen {
     let mut stream = None;
     let (mut request, mut answer) = (Vec::with_capacity(256), Vec::with_capacity(1024));
     let mut free_since = Instant::now();
-    let precise = match args.smooth.then(Precise::new).transpose() {
-        Ok(p) => p,
-        Err(e) => {
-            seen.errors += 1;
-            seen.first_error = Some(format!("timerfd: {e}"));
-            return seen;
-        }
-    };
     for k in 0u64.. {
         let due = first + every * k as u32;
         if due >= end {
@@ -172,10 +172,7 @@ async fn connection(args: Args, j: usize, start: Instant) -> Seen {
         }
         let late = free_since > due;
         if !late {
-            match &precise {
-                Some(p) => p.until(due).await,
-                None => sleep_until(due).await,
-            }
+            sleep_until(due).await;
         }
         let sent = if late { due } else { Instant::now() };
         build(&mut request, j as u64 + k * conns as u64, args.v6);
@@ -186,22 +183,113 @@ async fn connection(args: Args, j: usize, start: Instant) -> Seen {
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")));
         free_since = Instant::now();
+        let counted = (due >= counted_from).then_some(free_since - sent);
+        if !seen.record(result, counted, late, &mut stream) && free_since >= give_up {
+            break;
+        }
+    }
+    seen
+}
+
+impl Seen {
+    /// One request's outcome, its latency if it counts; `false` on an
+    /// error, after which the connection is opened anew.
+    fn record(
+        &mut self,
+        result: io::Result<()>,
+        latency: Option<Duration>,
+        late: bool,
+        stream: &mut Option<TcpStream>,
+    ) -> bool {
         match result {
             Ok(()) => {
-                seen.answered += 1;
-                if due >= counted_from {
-                    seen.latencies.push((free_since - sent).as_nanos() as u64);
-                    seen.late += u64::from(late);
+                self.answered += 1;
+                if let Some(l) = latency {
+                    self.latencies.push(l.as_nanos() as u64);
+                    self.late += u64::from(late);
                 }
+                true
             }
             Err(e) => {
-                seen.errors += 1;
-                seen.first_error.get_or_insert_with(|| e.to_string());
-                stream = None;
-                if free_since >= give_up {
-                    break;
-                }
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+                *stream = None;
+                false
             }
+        }
+    }
+}
+
+/// Requests as they fall due, for `--smooth`: a thread wakes every 50 µs
+/// or so (std's sleep is precise to tens of µs, tokio's timer to 1 ms) and
+/// releases those due since; a free connection takes each. The run's
+/// `total` requests are numbered in order of their due times.
+#[derive(Clone)]
+struct Pacer {
+    due: Arc<Semaphore>,
+    next: Arc<AtomicU64>,
+    total: u64,
+}
+
+impl Pacer {
+    fn start(args: &Args, conns: usize, start: Instant) -> Pacer {
+        let total = (args.seconds * args.rate).ceil() as u64;
+        let pacer = Pacer {
+            due: Arc::new(Semaphore::new(0)),
+            next: Arc::new(AtomicU64::new(0)),
+            total,
+        };
+        let (due, rate, start) = (pacer.due.clone(), args.rate, start.into_std());
+        std::thread::spawn(move || {
+            let mut released = 0;
+            while released < total {
+                let since = std::time::Instant::now().saturating_duration_since(start);
+                let now_due = ((since.as_secs_f64() * rate) as u64 + 1).min(total);
+                if since > Duration::ZERO && now_due > released {
+                    due.add_permits((now_due - released) as usize);
+                    released = now_due;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            // One past the end for each connection: each ends on it.
+            due.add_permits(conns);
+        });
+        pacer
+    }
+
+    /// The next request's number and when it was due; `None` past the end.
+    async fn take(&self, start: Instant, rate: f64) -> Option<(u64, Instant)> {
+        self.due.acquire().await.ok()?.forget();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (n < self.total).then(|| (n, start + Duration::from_secs_f64(n as f64 / rate)))
+    }
+}
+
+/// A connection that sends whichever request falls due while it is free,
+/// for `--smooth`. Latency counts from when the request was due, so the
+/// pacing thread's own lag (tens of µs) counts too, on both sides alike.
+async fn paced(args: Args, pacer: Pacer, start: Instant) -> Seen {
+    let end = start + Duration::from_secs_f64(args.seconds);
+    let counted_from = start + Duration::from_secs_f64(args.warmup);
+    let give_up = end + Duration::from_secs(5);
+    let mut seen = Seen::default();
+    let mut stream = None;
+    let (mut request, mut answer) = (Vec::with_capacity(256), Vec::with_capacity(1024));
+    while let Some((n, due)) = pacer.take(start, args.rate).await {
+        // Taken a millisecond or more after it fell due: every connection
+        // was still waiting for an answer.
+        let late = Instant::now() > due + Duration::from_millis(1);
+        build(&mut request, n, args.v6);
+        let result = timeout_at(
+            give_up,
+            exchange(&mut stream, &args.addr, &request, &mut answer),
+        )
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")));
+        let done = Instant::now();
+        let counted = (due >= counted_from).then_some(done.saturating_duration_since(due));
+        if !seen.record(result, counted, late, &mut stream) && done >= give_up {
+            break;
         }
     }
     seen
@@ -309,78 +397,4 @@ fn build(out: &mut Vec<u8>, n: u64, v6: bool) {
         "GET /distri/{release}/pkg/pkg{:03}-amd64-1.0-1.squashfs HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: {ip}\r\n\r\n",
         (n * 7) % 40
     );
-}
-
-/// A timer precise to the microsecond: a timerfd, waited for in tokio's
-/// event loop (whose own timer counts whole milliseconds).
-struct Precise(AsyncFd<std::os::fd::OwnedFd>);
-
-impl Precise {
-    #[allow(unsafe_code)]
-    fn new() -> io::Result<Precise> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: timerfd_create takes no pointers; a non-negative result
-        // is a new descriptor that nothing else owns.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is ours alone (above).
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an OwnedFd stays open, and its descriptor the same,
-        // until the AsyncFd that owns it is dropped.
-        let registered =
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
-        registered.map(Precise).map_err(io::Error::from)
-    }
-
-    /// Until `due`; at once if it has passed. A failing timer returns at
-    /// once too: the request then goes early, which only adds load.
-    #[allow(unsafe_code)]
-    async fn until(&self, due: Instant) {
-        use std::os::fd::AsRawFd;
-        let wait = due.saturating_duration_since(Instant::now());
-        if wait.is_zero() {
-            return;
-        }
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
-            },
-        };
-        let fd = self.0.get_ref().as_raw_fd();
-        // SAFETY: a timerfd this struct owns, and a valid itimerspec; the
-        // old value is not asked for (null).
-        if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } < 0 {
-            return;
-        }
-        loop {
-            let Ok(mut ready) = self.0.readable().await else {
-                return;
-            };
-            let mut expirations = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
-            let read = ready.try_io(|_| {
-                let n = unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
-            if read.is_ok() {
-                return;
-            }
-        }
-    }
 }
