@@ -232,13 +232,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addrs,
         tls_addrs,
         admin_addrs,
-        stopped: serve(loops, workers)?,
+        stopped: serve(loops, workers, config.server.runtime)?,
         routing,
         triggers,
         pages,
         _background: background,
         stop,
     })
+}
+
+/// Runs the accept loops on the serving threads, as `runtime` says; the
+/// receiver completes when all have drained.
+fn serve(
+    loops: Vec<AcceptLoop>,
+    workers: usize,
+    runtime: config::Runtime,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    match runtime {
+        config::Runtime::Shared => serve_shared(loops, workers),
+        config::Runtime::PerThread => serve_per_thread(loops, workers),
+    }
 }
 
 /// Runs the accept loops on a work-stealing runtime of `workers` threads,
@@ -251,7 +264,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 /// to a third of nginx's, for the same throughput (benches/RESULTS.md).
 /// Each loop still has its own SO_REUSEPORT sockets, and spawns the
 /// connections it accepts on the thread that accepted them.
-fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Receiver<()>> {
+fn serve_shared(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Receiver<()>> {
     let (done, finished) = oneshot::channel();
     // The runtime is built and dropped on its own thread: dropping one
     // inside the caller's runtime would panic. Its build error comes back.
@@ -286,8 +299,13 @@ fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Rec
                     return;
                 }
             };
+            // Any worker serves any connection: nothing to place.
+            let place = server::Placement::new(server::Threads::new(vec![rt.handle().clone()]), 0);
             rt.block_on(async move {
-                let running: Vec<_> = loops.into_iter().map(|l| tokio::spawn(l.run())).collect();
+                let running: Vec<_> = loops
+                    .into_iter()
+                    .map(|l| tokio::spawn(l.run(place.clone())))
+                    .collect();
                 for r in running {
                     let _ = r.await;
                 }
@@ -296,6 +314,90 @@ fn serve(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<oneshot::Rec
             let _ = done.send(());
         })?;
     // Blocks for the runtime's start-up only, before anything is served.
+    build_result
+        .recv()
+        .map_err(|_| std::io::Error::other("the serving thread ended at start-up"))??;
+    Ok(finished)
+}
+
+/// Runs the accept loops, one per serving thread (the admin socket's on
+/// the first), each thread with a runtime and event loop of its own
+/// (`server::threads` says why, and how connections are spread over
+/// them); the receiver completes when all have drained.
+fn serve_per_thread(
+    mut loops: Vec<AcceptLoop>,
+    workers: usize,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let (done, finished) = oneshot::channel();
+    let workers = workers.max(1);
+    // Runtimes are built and dropped on threads of their own: dropping one
+    // inside the caller's runtime would panic. A build error comes back.
+    let (built, build_result) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("http-main".into())
+        .spawn(move || {
+            let runtimes = (0..workers)
+                .map(|_| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                })
+                .collect::<std::io::Result<Vec<_>>>();
+            let runtimes = match runtimes {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = built.send(Err(e));
+                    return;
+                }
+            };
+            let threads =
+                server::Threads::new(runtimes.iter().map(|r| r.handle().clone()).collect());
+            let extra = loops.split_off(workers.min(loops.len()));
+            let mut shares: Vec<Vec<AcceptLoop>> = loops.into_iter().map(|l| vec![l]).collect();
+            shares.resize_with(workers, Vec::new);
+            shares[0].extend(extra);
+            // A thread may serve connections another accepted: none drops
+            // its runtime until every loop has drained.
+            let drained = Arc::new(tokio::sync::Barrier::new(workers));
+            let spawned = runtimes
+                .into_iter()
+                .zip(shares)
+                .enumerate()
+                .map(|(i, (rt, share))| {
+                    let place = server::Placement::new(threads.clone(), i);
+                    let drained = drained.clone();
+                    std::thread::Builder::new()
+                        .name("http".into())
+                        .spawn(move || {
+                            rt.block_on(async move {
+                                let running: Vec<_> = share
+                                    .into_iter()
+                                    .map(|l| tokio::spawn(l.run(place.clone())))
+                                    .collect();
+                                for r in running {
+                                    let _ = r.await;
+                                }
+                                drained.wait().await;
+                            });
+                        })
+                })
+                .collect::<std::io::Result<Vec<_>>>();
+            match spawned {
+                Ok(serving) => {
+                    let _ = built.send(Ok(()));
+                    for t in serving {
+                        let _ = t.join();
+                    }
+                    let _ = done.send(());
+                }
+                // The threads already started serve until the caller, told
+                // of the error, ends the process.
+                Err(e) => {
+                    let _ = built.send(Err(e));
+                }
+            }
+        })?;
+    // Blocks for the runtimes' start-up only, before anything is served.
     build_result
         .recv()
         .map_err(|_| std::io::Error::other("the serving thread ended at start-up"))??;
@@ -313,7 +415,7 @@ struct AcceptLoop {
 }
 
 impl AcceptLoop {
-    async fn run(self) {
+    async fn run(self, place: server::Placement) {
         let mut stop = self.stop;
         let listeners: Result<Vec<Listener>, _> = self
             .listeners
@@ -338,6 +440,7 @@ impl AcceptLoop {
             self.frontend,
             self.limits,
             self.permits,
+            place,
             shutdown,
         )
         .await;

@@ -120,6 +120,8 @@ pub struct Server {
     pub header_timeout: Duration,
     /// Serving threads, each with its own listening sockets.
     pub workers: usize,
+    /// How the serving threads share their connections.
+    pub runtime: Runtime,
     /// After SIGTERM, how long open connections get to finish.
     pub shutdown_grace: Duration,
     /// Streams one HTTP/2 connection may have open at once. distri's client
@@ -143,6 +145,7 @@ impl Default for Server {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
+            runtime: Runtime::Shared,
             shutdown_grace: Duration::from_secs(10),
             http2_max_streams: 1000,
             max_header_bytes: 16 * 1024,
@@ -151,6 +154,21 @@ impl Default for Server {
             tls_handshakes_per_client: 64,
         }
     }
+}
+
+/// How the serving threads share their connections (benches/RESULTS.md,
+/// "Tenth session", has the measurements behind both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// One work-stealing runtime: any thread serves any ready connection,
+    /// so a thread that loses its CPU to another process holds nobody up.
+    /// The safe choice on a host shared with other busy processes.
+    Shared,
+    /// A runtime and event loop per thread, as nginx's workers: a burst of
+    /// requests starts on every thread at once, for less latency and CPU
+    /// per request, but a thread's clients wait while it is off its CPU.
+    /// For a host that serves the redirector and little else.
+    PerThread,
 }
 
 /// The `[tls]` table: where HTTPS is served and with which certificate.
@@ -250,6 +268,7 @@ struct RawServer {
     max_connections: Option<Spanned<i64>>,
     header_timeout: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
+    runtime: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     http2_max_streams: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
@@ -455,6 +474,21 @@ fn admin(src: &Src, raw: Spanned<RawAdmin>) -> Result<Admin, ConfigError> {
     Ok(Admin {
         listen: addresses(src, "admin.listen", raw.listen.get_ref())?,
     })
+}
+
+fn runtime(src: &Src, raw: Option<Spanned<String>>) -> Result<Runtime, ConfigError> {
+    let Some(r) = raw else {
+        return Ok(Runtime::Shared);
+    };
+    match r.get_ref().as_str() {
+        "shared" => Ok(Runtime::Shared),
+        "per-thread" => Ok(Runtime::PerThread),
+        other => Err(src.err(
+            r.span(),
+            "server.runtime",
+            format!("{other:?}: use \"shared\" or \"per-thread\""),
+        )),
+    }
 }
 
 fn log(src: &Src, raw: RawLog) -> Result<Log, ConfigError> {
@@ -790,6 +824,7 @@ fn server(src: &Src, raw: RawServer) -> Result<Server, ConfigError> {
             d.header_timeout,
         )?,
         workers: count(src, "server.workers", raw.workers, d.workers, 1..257)?,
+        runtime: runtime(src, raw.runtime)?,
         shutdown_grace: duration(
             src,
             "server.shutdown_grace",
@@ -1119,6 +1154,12 @@ ipv6 = false
                 "timeout = \"2s\"\n[server]\nmax_header_bytes = 100",
                 12,
                 "server.max_header_bytes: 100 is out of range",
+            ),
+            (
+                "timeout = \"2s\"",
+                "timeout = \"2s\"\n[server]\nruntime = \"nginx\"",
+                12,
+                "server.runtime: \"nginx\": use \"shared\" or \"per-thread\"",
             ),
         ];
         for (from, to, line, want) in cases {

@@ -33,10 +33,12 @@
 //!   limits, TLS handshakes (capped for the service and per client
 //!   network), HTTP/1.1 and HTTP/2, one timeout per connection for silent
 //!   clients, graceful shutdown; one loop per serving thread, each with
-//!   its own SO_REUSEPORT sockets.
+//!   its own SO_REUSEPORT sockets; with a runtime per thread, new
+//!   connections handed to the least busy one (`server::threads`).
 //! - [`tls`]: the certificate (replaceable while serving) and rustls config.
 //! - [`app`]: wiring from a config to a running service: the publisher and
-//!   prober on the caller's runtime, the work-stealing runtime that serves;
+//!   prober on the caller's runtime, the serving runtime (one shared and
+//!   work-stealing, or one per thread: `[server] runtime`);
 //!   signals (SIGHUP reloads, SIGTERM drains).
 //! - [`minitree`]: miniature distri trees served on loopback (demo, tests).
 //! - [`stats`]: what the request path counts (one add per request).

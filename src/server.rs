@@ -10,10 +10,11 @@
 //!
 //! The service runs one such loop per serving thread, each with listening
 //! sockets of its own (SO_REUSEPORT), so the kernel spreads new connections
-//! over them and a connection starts on the thread that accepted it; the
-//! runtime is work-stealing, so a busy or preempted thread's ready
-//! connections are served by another (`app`; benches/RESULTS.md has the
-//! measurements).
+//! over them. By default the threads share a work-stealing runtime, so a
+//! busy or preempted thread's ready connections are served by another;
+//! with `runtime = "per-thread"` each has its own, and `threads` places
+//! new connections so that their counts stay even (`app`;
+//! benches/RESULTS.md has the measurements).
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -42,8 +43,10 @@ use crate::config;
 use crate::frontend::{Conn, Frontend};
 
 mod handshakes;
+mod threads;
 mod watched;
 pub use handshakes::Handshakes;
+pub use threads::{Placement, Threads};
 use watched::{Ended, Watched};
 
 /// What a TLS listener speaks, and the caps on its handshakes, which all
@@ -193,12 +196,13 @@ fn defer_accept(_: &Socket, _: Duration) -> io::Result<()> {
 
 /// Serves until `shutdown` completes, then lets open connections finish
 /// (for at most `limits.shutdown_grace`). `permits` caps the connections
-/// served at once.
+/// served at once; `place` says which serving thread runs each.
 pub async fn run(
     listeners: Vec<Listener>,
     frontend: Arc<Frontend>,
     limits: config::Server,
     permits: Arc<Semaphore>,
+    place: Placement,
     shutdown: impl Future<Output = ()>,
 ) {
     let protocols = Arc::new(Protocols::new(&limits));
@@ -240,17 +244,15 @@ pub async fn run(
         // (and copy) room for a TLS session (measured: memmove went from 2%
         // to 7% of the server's time with a new connection per request).
         match &listener.tls {
-            None => {
-                tokio::spawn(async move {
-                    task.serve_plain(stream).await;
-                    drop(permit);
-                });
-            }
+            None => place.spawn(stream, move |stream| async move {
+                task.serve_plain(stream).await;
+                drop(permit);
+            }),
             // The handshake runs in the connection's task, after the
             // permit: a slow handshake holds its own slot, not the loop.
             Some(tls) => {
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                place.spawn(stream, move |stream| async move {
                     task.serve_tls(tls, stream).await;
                     drop(permit);
                 });

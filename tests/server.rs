@@ -87,3 +87,50 @@ async fn an_h2c_client_is_closed_and_others_are_served() {
     .await;
     assert_eq!(a.status, 200);
 }
+
+/// `runtime = "per-thread"`: a runtime per serving thread, new connections
+/// handed to the least busy one. Every connection is served, and stopping
+/// closes them all and ends every thread.
+#[tokio::test]
+async fn per_thread_runtimes_serve_every_connection_and_stop() {
+    let opts = Options {
+        extra: "[server]\nworkers = 3\nruntime = \"per-thread\"\n",
+        ..Options::default()
+    };
+    let mut f = Fixture::start(vec![spec("m", 50.0, 8.0)], opts).await;
+    let addr = f.addr();
+    // More connections than the threads' margin, opened at once: the
+    // kernel's spread leaves some thread clearly busier, so some move.
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                for _ in 0..3 {
+                    s.write_all(REQUEST).await.unwrap();
+                    let answer = read_answer(&mut s).await;
+                    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                }
+                s
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for c in clients {
+        open.push(c.await.unwrap());
+    }
+    let redirect = f
+        .get_as("81.2.69.142", "/distri/jackherer/pkg/x.squashfs")
+        .await;
+    assert_eq!(redirect.status, 302);
+    tokio::time::timeout(Duration::from_secs(5), f.service.take().unwrap().stop())
+        .await
+        .expect("every thread stops, with idle keep-alive connections open");
+    for mut s in open {
+        let mut rest = Vec::new();
+        assert_eq!(
+            s.read_to_end(&mut rest).await.unwrap(),
+            0,
+            "closed by the server"
+        );
+    }
+}
