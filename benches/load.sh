@@ -44,6 +44,8 @@
 #                                        # OPEN_SMOOTH=1: requests one by one as they fall due,
 #                                        # released every ~50 µs by a pacing thread, instead of
 #                                        # in tokio's 1 ms batches)
+#   RUNTIME=per-thread bash benches/load.sh
+#                                        # the redirector's [server] runtime (default: shared)
 #   PROXY=1 bash benches/load.sh         # both behind a local nginx reverse proxy (2 workers,
 #                                        # keep-alive upstreams, X-Forwarded-For appended), as
 #                                        # when a proxy on the same host terminates TLS
@@ -98,6 +100,7 @@ if [ "$CITY" = full ]; then GEOIP=$(full_city); fi
 scratch
 
 start_fixture "$work/mirrors.toml" --mirrors 50 --listen "$REDIRECTOR" --interval 10s --workers "$WORKERS" \
+  ${RUNTIME:+--runtime "$RUNTIME"} \
   --geoip "${GEOIP:-geoip/dbip-city-lite-compact.mmdb}"
 "${server_cpu[@]}" target/release/distri-redirector serve --config "$work/mirrors.toml" 2>"$work/redirector.log" &
 redirector_pid=$!

@@ -3,7 +3,7 @@
 //! redirector to serve them. Used by `benches/load.sh` and
 //! `benches/probe-cost.sh`; runs until killed.
 //!
-//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--geoip FILE[,FILE]]`
+//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--runtime shared|per-thread] [--geoip FILE[,FILE]]`
 //!
 //! The GeoIP database is the shipped default unless `--geoip` names others
 //! (several, comma-separated, are looked up in order).
@@ -83,7 +83,10 @@ async fn main() -> std::io::Result<()> {
     let out = PathBuf::from(arg(&args, "--out").expect("--out FILE"));
     let listen = arg(&args, "--listen").unwrap_or_else(|| "127.0.0.1:18080".into());
     let interval = arg(&args, "--interval").unwrap_or_else(|| "10s".into());
-    let workers = arg(&args, "--workers").map_or(String::new(), |w| format!("workers = {w}\n"));
+    let mut workers = arg(&args, "--workers").map_or(String::new(), |w| format!("workers = {w}\n"));
+    if let Some(r) = arg(&args, "--runtime") {
+        workers.push_str(&format!("runtime = {r:?}\n"));
+    }
     let releases = ["supersilverhaze", "jackherer"];
     // Every tree a release can have, as the prober checks each.
     let mut origin_tree = Tree::generate(&releases, 40);
