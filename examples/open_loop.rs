@@ -157,13 +157,9 @@ async fn connection(args: Args, j: usize, start: Instant) -> Seen {
     let conns = args.connections.unwrap_or(1);
     let every = Duration::from_secs_f64(conns as f64 / args.rate);
     let first = start + every.mul_f64(j as f64 / conns as f64);
-    let end = start + Duration::from_secs_f64(args.seconds);
-    let counted_from = start + Duration::from_secs_f64(args.warmup);
-    // A server that stops answering fails the run instead of hanging it.
-    let give_up = end + Duration::from_secs(5);
+    let (end, counted_from, give_up) = bounds(&args, start);
     let mut seen = Seen::default();
-    let mut stream = None;
-    let (mut request, mut answer) = (Vec::with_capacity(256), Vec::with_capacity(1024));
+    let mut client = Client::default();
     let mut free_since = Instant::now();
     for k in 0u64.. {
         let due = first + every * k as u32;
@@ -175,16 +171,12 @@ async fn connection(args: Args, j: usize, start: Instant) -> Seen {
             sleep_until(due).await;
         }
         let sent = if late { due } else { Instant::now() };
-        build(&mut request, j as u64 + k * conns as u64, args.v6);
-        let result = timeout_at(
-            give_up,
-            exchange(&mut stream, &args.addr, &request, &mut answer),
-        )
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")));
+        let result = client
+            .ask(&args, j as u64 + k * conns as u64, give_up)
+            .await;
         free_since = Instant::now();
         let counted = (due >= counted_from).then_some(free_since - sent);
-        if !seen.record(result, counted, late, &mut stream) && free_since >= give_up {
+        if !seen.record(result, counted, late) && free_since >= give_up {
             break;
         }
     }
@@ -193,14 +185,8 @@ async fn connection(args: Args, j: usize, start: Instant) -> Seen {
 
 impl Seen {
     /// One request's outcome, its latency if it counts; `false` on an
-    /// error, after which the connection is opened anew.
-    fn record(
-        &mut self,
-        result: io::Result<()>,
-        latency: Option<Duration>,
-        late: bool,
-        stream: &mut Option<TcpStream>,
-    ) -> bool {
+    /// error.
+    fn record(&mut self, result: io::Result<()>, latency: Option<Duration>, late: bool) -> bool {
         match result {
             Ok(()) => {
                 self.answered += 1;
@@ -213,7 +199,6 @@ impl Seen {
             Err(e) => {
                 self.errors += 1;
                 self.first_error.get_or_insert_with(|| e.to_string());
-                *stream = None;
                 false
             }
         }
@@ -269,30 +254,58 @@ impl Pacer {
 /// for `--smooth`. Latency counts from when the request was due, so the
 /// pacing thread's own lag (tens of µs) counts too, on both sides alike.
 async fn paced(args: Args, pacer: Pacer, start: Instant) -> Seen {
-    let end = start + Duration::from_secs_f64(args.seconds);
-    let counted_from = start + Duration::from_secs_f64(args.warmup);
-    let give_up = end + Duration::from_secs(5);
+    let (_, counted_from, give_up) = bounds(&args, start);
     let mut seen = Seen::default();
-    let mut stream = None;
-    let (mut request, mut answer) = (Vec::with_capacity(256), Vec::with_capacity(1024));
+    let mut client = Client::default();
     while let Some((n, due)) = pacer.take(start, args.rate).await {
         // Taken a millisecond or more after it fell due: every connection
         // was still waiting for an answer.
         let late = Instant::now() > due + Duration::from_millis(1);
-        build(&mut request, n, args.v6);
-        let result = timeout_at(
-            give_up,
-            exchange(&mut stream, &args.addr, &request, &mut answer),
-        )
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")));
+        let result = client.ask(&args, n, give_up).await;
         let done = Instant::now();
         let counted = (due >= counted_from).then_some(done.saturating_duration_since(due));
-        if !seen.record(result, counted, late, &mut stream) && done >= give_up {
+        if !seen.record(result, counted, late) && done >= give_up {
             break;
         }
     }
     seen
+}
+
+/// When the run's requests end, when they start to count, and when a
+/// server that stops answering fails the run instead of hanging it.
+fn bounds(args: &Args, start: Instant) -> (Instant, Instant, Instant) {
+    let end = start + Duration::from_secs_f64(args.seconds);
+    let counted_from = start + Duration::from_secs_f64(args.warmup);
+    (end, counted_from, end + Duration::from_secs(5))
+}
+
+/// One connection's socket and buffers.
+#[derive(Default)]
+struct Client {
+    stream: Option<TcpStream>,
+    request: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+impl Client {
+    /// Request `n` and its answer, by `give_up` at the latest; after an
+    /// error the next request opens a new connection.
+    async fn ask(&mut self, args: &Args, n: u64, give_up: Instant) -> io::Result<()> {
+        build(&mut self.request, n, args.v6);
+        let asked = exchange(
+            &mut self.stream,
+            &args.addr,
+            &self.request,
+            &mut self.answer,
+        );
+        let result = timeout_at(give_up, asked)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")));
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
 }
 
 /// One request and its answer on the connection, opened if needed.

@@ -301,15 +301,7 @@ fn serve_shared(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<onesh
             };
             // Any worker serves any connection: nothing to place.
             let place = server::Placement::new(server::Threads::new(vec![rt.handle().clone()]), 0);
-            rt.block_on(async move {
-                let running: Vec<_> = loops
-                    .into_iter()
-                    .map(|l| tokio::spawn(l.run(place.clone())))
-                    .collect();
-                for r in running {
-                    let _ = r.await;
-                }
-            });
+            rt.block_on(run_loops(loops, place));
             drop(rt);
             let _ = done.send(());
         })?;
@@ -370,13 +362,7 @@ fn serve_per_thread(
                         .name("http".into())
                         .spawn(move || {
                             rt.block_on(async move {
-                                let running: Vec<_> = share
-                                    .into_iter()
-                                    .map(|l| tokio::spawn(l.run(place.clone())))
-                                    .collect();
-                                for r in running {
-                                    let _ = r.await;
-                                }
+                                run_loops(share, place).await;
                                 drained.wait().await;
                             });
                         })
@@ -402,6 +388,17 @@ fn serve_per_thread(
         .recv()
         .map_err(|_| std::io::Error::other("the serving thread ended at start-up"))??;
     Ok(finished)
+}
+
+/// Runs `loops` on the current runtime until every one has drained.
+async fn run_loops(loops: Vec<AcceptLoop>, place: server::Placement) {
+    let running: Vec<_> = loops
+        .into_iter()
+        .map(|l| tokio::spawn(l.run(place.clone())))
+        .collect();
+    for r in running {
+        let _ = r.await;
+    }
 }
 
 /// One set of listening sockets and what it serves.
