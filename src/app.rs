@@ -299,9 +299,7 @@ fn serve_shared(loops: Vec<AcceptLoop>, workers: usize) -> std::io::Result<onesh
                     return;
                 }
             };
-            // Any worker serves any connection: nothing to place.
-            let place = server::Placement::new(server::Threads::new(vec![rt.handle().clone()]), 0);
-            rt.block_on(run_loops(loops, place));
+            rt.block_on(run_loops(loops, server::Placement::shared()));
             drop(rt);
             let _ = done.send(());
         })?;

@@ -99,8 +99,9 @@ async fn per_thread_runtimes_serve_every_connection_and_stop() {
     };
     let mut f = Fixture::start(vec![spec("m", 50.0, 8.0)], opts).await;
     let addr = f.addr();
-    // More connections than the threads' margin, opened at once: the
-    // kernel's spread leaves some thread clearly busier, so some move.
+    // More connections than the threads' margin, opened at once, so that
+    // the kernel's spread likely leaves some thread busier and some move
+    // (the hand-over itself is tested in `server::threads`).
     let clients: Vec<_> = (0..24)
         .map(|_| {
             tokio::spawn(async move {

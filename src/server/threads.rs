@@ -13,7 +13,8 @@
 //! often as not. A thread that accepts a connection while it serves
 //! clearly more than the least busy thread hands the connection to that
 //! thread. Counts are atomics: no lock on the accept path. With the shared
-//! runtime there is one "thread" here, and every connection stays.
+//! runtime nothing is placed or counted: a connection is spawned where it
+//! was accepted, and the runtime moves it as it likes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,16 +81,28 @@ impl Drop for Live {
 }
 
 /// What one accept loop needs to place its connections: all the threads,
-/// and which one it runs on.
+/// and which one it runs on; none on the shared runtime.
 #[derive(Clone)]
 pub struct Placement {
-    threads: Arc<Threads>,
+    threads: Option<Arc<Threads>>,
     me: usize,
 }
 
 impl Placement {
+    /// For the loop on thread `me` of `threads`, each with its own runtime.
     pub fn new(threads: Arc<Threads>, me: usize) -> Placement {
-        Placement { threads, me }
+        Placement {
+            threads: Some(threads),
+            me,
+        }
+    }
+
+    /// For a loop on the shared work-stealing runtime.
+    pub fn shared() -> Placement {
+        Placement {
+            threads: None,
+            me: 0,
+        }
     }
 
     /// Runs `serve` on the connection, on this thread or a less busy one.
@@ -99,8 +112,12 @@ impl Placement {
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let to = self.threads.pick(self.me);
-        let live = Live::enter(&self.threads, to);
+        let Some(threads) = &self.threads else {
+            tokio::spawn(serve(stream));
+            return;
+        };
+        let to = threads.pick(self.me);
+        let live = Live::enter(threads, to);
         if to == self.me {
             tokio::spawn(async move {
                 serve(stream).await;
@@ -116,7 +133,7 @@ impl Placement {
                 return;
             }
         };
-        self.threads.handles[to].spawn(async move {
+        threads.handles[to].spawn(async move {
             match TcpStream::from_std(std) {
                 Ok(stream) => serve(stream).await,
                 Err(e) => {
@@ -155,6 +172,48 @@ mod tests {
         drop(hold);
         assert_eq!((t.live(0), t.live(1)), (0, 0));
         assert_eq!(t.pick(0), 0);
+    }
+
+    /// The hand-over itself: the socket leaves one runtime's event loop,
+    /// is served from the other's thread, and counts there meanwhile.
+    #[test]
+    fn a_connection_handed_over_is_served_by_the_other_runtime() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let here = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let there = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("there")
+            .enable_all()
+            .build()
+            .unwrap();
+        let threads = Threads::new(vec![here.handle().clone(), there.handle().clone()]);
+        // Thread 0 is clearly busier: the next connection it accepts moves.
+        let busy: Vec<Live> = (0..4).map(|_| Live::enter(&threads, 0)).collect();
+        let place = Placement::new(threads.clone(), 0);
+        here.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let (tell, told) = tokio::sync::oneshot::channel();
+            let counts = threads.clone();
+            place.spawn(accepted, move |mut s| async move {
+                let on = std::thread::current().name().map(String::from);
+                let _ = tell.send((on, counts.live(1)));
+                let _ = s.write_all(b"ok").await;
+            });
+            let (on, live) = told.await.unwrap();
+            assert_eq!(on.as_deref(), Some("there"));
+            assert_eq!(live, 1, "counted on the thread that serves it");
+            let mut answer = [0; 2];
+            client.read_exact(&mut answer).await.unwrap();
+            assert_eq!(&answer, b"ok", "served through the moved socket");
+        });
+        drop(busy);
     }
 
     #[test]
