@@ -91,11 +91,11 @@ if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
 if [ -n "$WRK_NICE" ]; then client_cpu=(nice -n "$WRK_NICE" "${client_cpu[@]}"); fi
 need nginx nginx-light
 
-cargo build --release -q --example bench_fixture --example open_loop --bin distri-redirector
 if [ -n "${RATE:-}" ] && [ "$MODES" != keepalive ]; then
   echo "RATE=$RATE: the open loop keeps its connections; set MODES=keepalive" >&2
   exit 2
 fi
+cargo build --release -q --example bench_fixture --example open_loop --bin distri-redirector
 if [ "$CITY" = full ]; then GEOIP=$(full_city); fi
 scratch
 

@@ -8,7 +8,7 @@
 //! packaged; oha cannot give each request its own client address.
 //!
 //! `open_loop --addr 127.0.0.1:18181 --rate 40000 [--connections 256]
-//!  [--seconds 10] [--warmup 2] [--v6]`
+//!  [--seconds 10] [--warmup 2] [--v6] [--smooth]`
 //!
 //! Requests are those of `benches/xff.lua`: the fixture's images, each from
 //! another client address (every fourth over IPv6 with `--v6`). Each
@@ -27,10 +27,9 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::time::Duration;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
