@@ -93,7 +93,8 @@ ticks() { for p in "$@"; do cat /proc/"$p"/task/*/stat; done 2>/dev/null | awk '
 # $DURATION (benches/xff.lua: every request from another client; CLOSE=1 a
 # new connection per request), under $WRK_PREFIX (e.g. taskset) if set.
 # With $RATE, examples/open_loop instead: $RATE requests a second whatever
-# the server does, keep-alive ($OPEN_CONNS connections, or its default),
+# the server does, keep-alive ($OPEN_CONNS connections, or its default;
+# $OPEN_SMOOTH or $OPEN_POISSON: even or Poisson arrivals, not 1 ms batches),
 # latencies counted from when each request was due; it fails on any error.
 # Prints "rps p50_ms p99_ms cpu_us_per_request idle_pct": the CPU of the
 # server's PIDs and their threads, divided by the requests served; and the
@@ -108,7 +109,7 @@ wrk_run() {
     case $DURATION in *m) secs=$(( ${DURATION%m} * 60 ));; esac
     # shellcheck disable=SC2086
     out=$(${WRK_PREFIX:-} target/release/examples/open_loop --addr "${url#http://}" --rate "$RATE" \
-      --seconds "$secs" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} ${OPEN_SMOOTH:+--smooth} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
+      --seconds "$secs" ${OPEN_CONNS:+--connections "$OPEN_CONNS"} ${OPEN_SMOOTH:+--smooth} ${OPEN_POISSON:+--poisson} $([ "${WRK_V6:-0}" = 1 ] && echo --v6))
   else
     out=$(WRK_CLOSE=$close ${WRK_PREFIX:-} wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/xff.lua "$url" 2>/dev/null)
   fi

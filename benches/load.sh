@@ -43,7 +43,8 @@
 #                                        # queue at saturation (keep-alive only; OPEN_CONNS=N;
 #                                        # OPEN_SMOOTH=1: requests one by one as they fall due,
 #                                        # released every ~50 µs by a pacing thread, instead of
-#                                        # in tokio's 1 ms batches)
+#                                        # in tokio's 1 ms batches; OPEN_POISSON=1: the same with
+#                                        # random gaps, as from many independent clients)
 #   RUNTIME=per-thread bash benches/load.sh
 #                                        # the redirector's [server] runtime (default: shared)
 #   PROXY=1 bash benches/load.sh         # both behind a local nginx reverse proxy (2 workers,
@@ -172,7 +173,7 @@ if [ "$AWAKE" = 1 ]; then
   echo "AWAKE=1: $(nproc) busy loops at SCHED_IDLE on every core (idle shows as ~0)"
 fi
 if [ -n "${RATE:-}" ]; then
-  echo "open loop: $RATE req/s offered for $DURATION (the first 2 s not counted), ${OPEN_CONNS:-its default} connections"
+  echo "open loop: $RATE req/s offered for $DURATION (the first 2 s not counted), ${OPEN_CONNS:-its default} connections${OPEN_SMOOTH:+, one by one}${OPEN_POISSON:+, Poisson arrivals}"
 else
   echo "wrk -t1 -c$CONNS -d$DURATION"
 fi

@@ -8,7 +8,7 @@
 //! packaged; oha cannot give each request its own client address.
 //!
 //! `open_loop --addr 127.0.0.1:18181 --rate 40000 [--connections 256]
-//!  [--seconds 10] [--warmup 2] [--v6] [--smooth]`
+//!  [--seconds 10] [--warmup 2] [--v6] [--smooth | --poisson]`
 //!
 //! Requests are those of `benches/xff.lua`: the fixture's images, each from
 //! another client address (every fourth over IPv6 with `--v6`). Each
@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -65,6 +67,12 @@ struct Args {
     /// timer as the others': an even flow instead of batches.
     #[arg(long)]
     smooth: bool,
+    /// As `--smooth`, but the gaps between requests are random
+    /// (exponential, the same seeded sequence in every run), as when many
+    /// independent clients arrive: a Poisson process at `--rate`, with
+    /// the clusters and lulls an even flow lacks.
+    #[arg(long, conflicts_with = "smooth")]
+    poisson: bool,
 }
 
 /// What one connection saw.
@@ -96,7 +104,7 @@ fn main() -> io::Result<()> {
         .build()?;
     let seen = rt.block_on(async {
         let start = Instant::now() + Duration::from_millis(100);
-        let pacer = args.smooth.then(|| Pacer::start(&args, conns, start));
+        let pacer = (args.smooth || args.poisson).then(|| Pacer::start(&args, conns, start));
         let tasks: Vec<_> = (0..conns)
             .map(|j| match &pacer {
                 Some(p) => tokio::spawn(paced(args.clone(), p.clone(), start)),
@@ -125,8 +133,13 @@ fn report(args: &Args, conns: usize, mut seen: Seen) -> io::Result<()> {
         seen.latencies.get(i).map_or(0.0, |&ns| ns as f64 / 1e6)
     };
     let counted_for = args.seconds - args.warmup;
+    let arrivals = match (args.smooth, args.poisson) {
+        (_, true) => "Poisson arrivals",
+        (true, _) => "one by one",
+        _ => "in 1 ms batches",
+    };
     println!(
-        "open loop: {} req/s offered over {conns} connections",
+        "open loop: {} req/s offered over {conns} connections, {arrivals}",
         args.rate
     );
     println!("  {} requests in {:.1}s", seen.answered, args.seconds);
@@ -204,59 +217,82 @@ impl Seen {
     }
 }
 
-/// Requests as they fall due, for `--smooth`: a thread wakes every 50 µs
-/// or so (std's sleep is precise to tens of µs, tokio's timer to 1 ms) and
-/// releases those due since; a free connection takes each. The run's
-/// `total` requests are numbered in order of their due times.
+/// Requests as they fall due, for `--smooth` and `--poisson`: a thread
+/// wakes every 50 µs or so (std's sleep is precise to tens of µs, tokio's
+/// timer to 1 ms) and releases those due since; a free connection takes
+/// each. The run's requests are numbered in order of their due times,
+/// `due[n]` seconds after the start.
 #[derive(Clone)]
 struct Pacer {
-    due: Arc<Semaphore>,
+    due: Arc<[f64]>,
+    ready: Arc<Semaphore>,
     next: Arc<AtomicU64>,
-    total: u64,
 }
 
 impl Pacer {
     fn start(args: &Args, conns: usize, start: Instant) -> Pacer {
-        let total = (args.seconds * args.rate).ceil() as u64;
+        let due = schedule(args);
         let pacer = Pacer {
-            due: Arc::new(Semaphore::new(0)),
+            due: due.clone(),
+            ready: Arc::new(Semaphore::new(0)),
             next: Arc::new(AtomicU64::new(0)),
-            total,
         };
-        let (due, rate, start) = (pacer.due.clone(), args.rate, start.into_std());
+        let (ready, start) = (pacer.ready.clone(), start.into_std());
         std::thread::spawn(move || {
             let mut released = 0;
-            while released < total {
+            while released < due.len() {
                 let since = std::time::Instant::now().saturating_duration_since(start);
-                let now_due = ((since.as_secs_f64() * rate) as u64 + 1).min(total);
-                if since > Duration::ZERO && now_due > released {
-                    due.add_permits((now_due - released) as usize);
+                let now_due =
+                    released + due[released..].partition_point(|&t| t <= since.as_secs_f64());
+                if now_due > released {
+                    ready.add_permits(now_due - released);
                     released = now_due;
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
             // One past the end for each connection: each ends on it.
-            due.add_permits(conns);
+            ready.add_permits(conns);
         });
         pacer
     }
 
     /// The next request's number and when it was due; `None` past the end.
-    async fn take(&self, start: Instant, rate: f64) -> Option<(u64, Instant)> {
-        self.due.acquire().await.ok()?.forget();
+    async fn take(&self, start: Instant) -> Option<(u64, Instant)> {
+        self.ready.acquire().await.ok()?.forget();
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        (n < self.total).then(|| (n, start + Duration::from_secs_f64(n as f64 / rate)))
+        let due = *self.due.get(n as usize)?;
+        Some((n, start + Duration::from_secs_f64(due)))
     }
 }
 
+/// When each of the run's requests falls due, in seconds from the start:
+/// every `1 / rate`, or with `--poisson` after exponential gaps of that
+/// mean, from a fixed seed so that both servers of a round, and every
+/// round, get the same arrivals.
+fn schedule(args: &Args) -> Arc<[f64]> {
+    let total = (args.seconds * args.rate).ceil() as usize;
+    if !args.poisson {
+        return (0..total).map(|n| n as f64 / args.rate).collect();
+    }
+    let mut rng = StdRng::seed_from_u64(0x0D15_7121);
+    let mut t = 0.0;
+    std::iter::repeat_with(|| {
+        // 1 - u is in (0, 1]: its logarithm is finite.
+        t -= (1.0 - rng.random::<f64>()).ln() / args.rate;
+        t
+    })
+    .take_while(|&t| t < args.seconds)
+    .collect()
+}
+
 /// A connection that sends whichever request falls due while it is free,
-/// for `--smooth`. Latency counts from when the request was due, so the
+/// for `--smooth` and `--poisson`. Latency counts from when the request was due, so the
 /// pacing thread's own lag (tens of µs) counts too, on both sides alike.
 async fn paced(args: Args, pacer: Pacer, start: Instant) -> Seen {
     let (_, counted_from, give_up) = bounds(&args, start);
     let mut seen = Seen::default();
     let mut client = Client::default();
-    while let Some((n, due)) = pacer.take(start, args.rate).await {
+    while let Some((n, due)) = pacer.take(start).await {
         // Taken a millisecond or more after it fell due: every connection
         // was still waiting for an answer.
         let late = Instant::now() > due + Duration::from_millis(1);
