@@ -131,6 +131,34 @@ summarise() {
     split(n, a, " "); split(r, b, " ")
     printf "%-10s nginx %8d req/s p50 %6.3f ms p99 %6.3f ms | redirector %8d req/s p50 %6.3f ms p99 %6.3f ms\n", m, a[1], a[2], a[3], b[1], b[2], b[3]
     printf "%-10s ratio redirector/nginx: throughput %.2fx, p99 latency %.2fx, CPU per request %.2fx (%.2f vs %.2f us); machine idle %.1f%% vs %.1f%%\n", m, b[1] / a[1], b[3] / a[3], b[4] / a[4], b[4], a[4], b[5], a[5] }'
+  paired_p99 "$mode" "$2" "$3"
+}
+
+# paired_p99 MODE NGINX_FILE REDIRECTOR_FILE: each round's p99 ratio
+# (line N of one file against line N of the other), their median and a 95%
+# bootstrap interval for it (10,000 resamples of the rounds, fixed seed).
+# A p99 at saturation swings by tens of percent between identical rounds;
+# the interval says whether a median ratio is more than that swing (run it
+# with CONTROL=1 to see the same for nginx against itself). From 5 rounds.
+paired_p99() {
+  paste -d' ' "$2" "$3" | awk -v m="$1" '
+    function median(x, k,   i, j, t) {
+      for (i = 2; i <= k; i++) { t = x[i]; for (j = i - 1; j >= 1 && x[j] > t; j--) x[j + 1] = x[j]; x[j + 1] = t }
+      return k % 2 ? x[(k + 1) / 2] : (x[k / 2] + x[k / 2 + 1]) / 2
+    }
+    $3 > 0 { n++; r[n] = $8 / $3; lower += $8 < $3 }
+    END {
+      if (n < 5) exit
+      for (i = 1; i <= n; i++) c[i] = r[i]
+      mid = median(c, n)
+      srand(1)
+      for (b = 1; b <= 10000; b++) {
+        for (i = 1; i <= n; i++) c[i] = r[int(rand() * n) + 1]
+        boot[b] = median(c, n)
+      }
+      median(boot, 10000)
+      printf "%-10s per-round p99 ratio: median %.2fx, 95%% interval %.2fx to %.2fx; the redirector'"'"'s p99 the lower in %d of %d rounds\n", m, mid, boot[250], boot[9750], lower, n
+    }'
 }
 
 # full_city: prints the comma-separated paths of DB-IP's full-resolution

@@ -8,6 +8,9 @@
 # decides the tail when the server is near saturation. The fifth is the
 # share of the machine's CPU time left idle during the round: on a machine
 # that wrk and the server share, time idle is throughput lost to waiting.
+# From 5 rounds it also prints the median of the rounds' p99 ratios and a
+# 95% bootstrap interval for it: a p99 at saturation swings by tens of
+# percent between identical rounds here (compare CONTROL=1).
 # Requests name images the fixture's mirrors hold, from a new client
 # address each (benches/xff.lua); the run stops before measuring if the
 # redirector does not send them to a mirror (check_choice).
