@@ -3,13 +3,23 @@
 //! redirector to serve them. Used by `benches/load.sh` and
 //! `benches/probe-cost.sh`; runs until killed.
 //!
-//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--runtime shared|per-thread] [--geoip FILE[,FILE]]`
+//! `bench_fixture --mirrors 50 --out DIR/mirrors.toml --listen 127.0.0.1:18080 [--interval 10s] [--workers N] [--runtime shared|per-thread] [--geoip FILE[,FILE]] [--https-mirrors]`
 //!
 //! The GeoIP database is the shipped default unless `--geoip` names others
 //! (several, comma-separated, are looked up in order).
+//!
+//! `--https-mirrors`: the mirrors' URLs are `https://127.0.0.1:PORT/`, a
+//! TLS front on the same tree with a certificate from a CA made at start
+//! (`DIR/fixture-ca.pem`, which the config's `[probe] ca` names). A client
+//! that came over TLS is sent to `https://` mirrors only, so without this
+//! `benches/tls-load.sh` would measure the origin path, not a choice.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use distri_redirector::minitree::{MiniServer, Tree};
 
@@ -100,6 +110,14 @@ async fn main() -> std::io::Result<()> {
     }
     let server = MiniServer::start(all).await?;
     let base = server.url();
+    let (mirror_base, probe_ca) = if args.iter().any(|a| a == "--https-mirrors") {
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let (port, ca) = tls_front(server.addr(), dir).await?;
+        let ca = toml::Value::from(ca.display().to_string());
+        (format!("https://127.0.0.1:{port}/"), format!("ca = {ca}\n"))
+    } else {
+        (base.clone(), String::new())
+    };
     let db = arg(&args, "--geoip").unwrap_or_else(|| "geoip/dbip-city-lite-compact.mmdb".into());
     let db = db
         .split(',')
@@ -117,7 +135,7 @@ async fn main() -> std::io::Result<()> {
     };
     let mut toml = format!(
         "listen = [\"{listen}\"]\norigin = \"{base}origin/\"\nreleases = [\"supersilverhaze\", \"jackherer\"]\n\
-         geoip = {db}\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n\n\
+         geoip = {db}\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[probe]\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = 64\n{probe_ca}\n\
          [server]\nmax_connections = 20000\n{workers}"
     );
     for i in 0..n {
@@ -126,7 +144,7 @@ async fn main() -> std::io::Result<()> {
         let jitter = (i / CITIES.len()) as f64 * 0.01;
         writeln!(
             toml,
-            "\n[[mirror]]\nname = \"m{i}\"\nurl = \"{base}m{i}/\"\nlat = {}\nlon = {}",
+            "\n[[mirror]]\nname = \"m{i}\"\nurl = \"{mirror_base}m{i}/\"\nlat = {}\nlon = {}",
             lat + jitter,
             lon + jitter
         )
@@ -139,4 +157,51 @@ async fn main() -> std::io::Result<()> {
     );
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// A TLS front on 127.0.0.1 for the plain server at `plain`: a CA and a
+/// certificate for 127.0.0.1 made now, the CA written to
+/// `dir/fixture-ca.pem`. Returns the front's port and that file.
+async fn tls_front(plain: std::net::SocketAddr, dir: &Path) -> std::io::Result<(u16, PathBuf)> {
+    let fail = |e: rcgen::Error| std::io::Error::other(e.to_string());
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().map_err(fail)?)
+            .map_err(fail)?;
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .map_err(fail)?
+        .signed_by(&key, &ca)
+        .map_err(fail)?;
+    let ca_path = dir.join("fixture-ca.pem");
+    std::fs::write(&ca_path, ca.pem())?;
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(std::io::Error::other)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| {
+        b.with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+    })
+    .map_err(std::io::Error::other)?;
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                if let Ok(mut inner) = TcpStream::connect(plain).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
+                }
+            });
+        }
+    });
+    Ok((port, ca_path))
 }
