@@ -11,7 +11,8 @@
 #   KEY=rsa ROUNDS=5 bash benches/tls-load.sh
 #   NGINX_TLS12=1 bash benches/tls-load.sh # nginx at Debian 12's default, TLS 1.2 only
 #
-# Loopback only; installs wrk and nginx-light if missing.
+# Loopback only; installs wrk, nginx-light, openssl and h2load (nghttp2-client)
+# if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -27,6 +28,7 @@ source benches/common.sh
 need wrk wrk
 need nginx nginx-light
 need openssl openssl
+need h2load nghttp2-client
 cargo build --release -q --example bench_fixture --bin distri-redirector
 scratch
 
@@ -81,12 +83,8 @@ for mode in keepalive close; do
   done
   summarise "$mode" "$work/n.$mode" "$work/r.$mode"
 done
-if command -v h2load >/dev/null; then
-  echo "HTTP/2 (h2load -c16 -m50 -n200000):"
-  for t in "$NGINX" "$REDIRECTOR"; do
-    printf '  %s: ' "$t"
-    h2load -c16 -m50 -n200000 -H 'X-Forwarded-For: 193.0.6.139' "https://$t/distri/jackherer/pkg/pkg013-amd64-1.0-1.squashfs" 2>/dev/null | grep -E '^(finished in|requests:)' | tr '\n' ' '; echo
-  done
-else
-  echo "HTTP/2: h2load not installed (apt-get install nghttp2-client)"
-fi
+echo "HTTP/2 (h2load -c16 -m50 -n200000):"
+for t in "$NGINX" "$REDIRECTOR"; do
+  printf '  %s: ' "$t"
+  h2load -c16 -m50 -n200000 -H 'X-Forwarded-For: 193.0.6.139' "https://$t/distri/jackherer/pkg/pkg013-amd64-1.0-1.squashfs" 2>/dev/null | grep -E '^(finished in|requests:)' | tr '\n' ' '; echo
+done
