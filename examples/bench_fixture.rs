@@ -95,7 +95,8 @@ async fn main() -> std::io::Result<()> {
     let interval = arg(&args, "--interval").unwrap_or_else(|| "10s".into());
     let mut workers = arg(&args, "--workers").map_or(String::new(), |w| format!("workers = {w}\n"));
     if let Some(r) = arg(&args, "--runtime") {
-        workers.push_str(&format!("runtime = {r:?}\n"));
+        // TOML's own quoting, as for the paths below.
+        workers.push_str(&format!("runtime = {}\n", toml::Value::from(r)));
     }
     let releases = ["supersilverhaze", "jackherer"];
     // Every tree a release can have, as the prober checks each.
